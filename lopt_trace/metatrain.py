@@ -1,0 +1,289 @@
+"""Meta-training a learned optimizer by backpropagation through unrolled optimization.
+
+Meta-objective (per problem): mean_k f_k / f_0 over the unrolled steps, averaged over a meta-batch
+of problems, plus ``l2 · ½‖θ‖²``. Long horizons can be cut into truncations of ``truncation``
+steps: the inner problems carry on across truncations (gradients stop at the boundaries), and a
+fresh meta-batch is drawn when the horizon is reached. With the default ``truncation = steps``
+every meta-iteration is one full unroll with exact backpropagation.
+
+Defaults (:class:`MetaTrainConfig`): Adam with learning rate 3e-3 decayed exponentially to
+``lr_final_fraction`` (0.1) of it over all iterations, element-wise meta-gradient clipping at 1.0,
+meta-batch 8, no L2. Steps with a non-finite meta-loss or meta-gradient are skipped
+(``optax.apply_if_finite``) and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+
+from lopt_trace import seeds as seedlib
+from lopt_trace.errors import UserError
+from lopt_trace.optimizers import LearnedGRU
+from lopt_trace.optimizers.io import save_optimizer
+from lopt_trace.tasks.base import Task
+from lopt_trace.theta import theta_from_dataset, theta_to_dataset
+from lopt_trace.unroll import InnerState, init_inner, run
+from lopt_trace.zarr_io import exists, open_tree, remove, write_tree
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    """Meta-training settings; stored in the optimizer file's ``metatrain`` attribute."""
+
+    iterations: int = 200
+    batch: int = 8
+    steps: int | None = None        # horizon; None means the task's default
+    truncation: int | None = None   # steps per meta-gradient; None means the whole horizon
+    learning_rate: float = 3e-3
+    lr_final_fraction: float = 0.1
+    grad_clip: float = 1.0
+    l2: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def resolved(self, task: Task) -> "MetaTrainConfig":
+        steps = self.steps or task.default_steps
+        trunc = self.truncation or steps
+        cfg = dataclasses.replace(self, steps=steps, truncation=trunc)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for field in ("iterations", "batch", "steps", "truncation", "checkpoint_every"):
+            if getattr(self, field) is not None and int(getattr(self, field)) < 1:
+                raise UserError(f"--{field.replace('_', '-')} must be a positive integer, got {getattr(self, field)}")
+        if self.steps and self.truncation and self.steps % self.truncation:
+            raise UserError(f"--steps ({self.steps}) must be a multiple of --truncation ({self.truncation})")
+        if not self.learning_rate > 0 or not self.grad_clip > 0 or self.l2 < 0:
+            raise UserError("learning rate and clip must be positive and l2 non-negative")
+
+
+class Population(NamedTuple):
+    """The meta-batch of inner optimizations in flight (leading axis: problem)."""
+
+    inner: InnerState
+    data: Any
+    f0: jax.Array
+
+
+class TrainState(NamedTuple):
+    theta: dict
+    opt_state: Any
+    population: Population
+
+
+def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
+    """Adam with exponential decay and element-wise clipping, skipping non-finite steps."""
+    schedule = optax.exponential_decay(cfg.learning_rate, transition_steps=max(cfg.iterations, 1),
+                                       decay_rate=cfg.lr_final_fraction)
+    inner = optax.chain(optax.clip(cfg.grad_clip), optax.adam(schedule))
+    return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+
+
+class MetaTrainer:
+    """Builds the jitted pieces of meta-training for one task, optimizer and configuration."""
+
+    def __init__(self, task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig):
+        self.task, self.opt, self.cfg = task, optimizer, cfg.resolved(task)
+        self.tx = meta_optimizer(self.cfg)
+        self.schedule = optax.exponential_decay(self.cfg.learning_rate, max(self.cfg.iterations, 1),
+                                                self.cfg.lr_final_fraction)
+        self.segments = self.cfg.steps // self.cfg.truncation
+        self._step_fresh = jax.jit(lambda s: self._meta_step(s, fresh=True))
+        self._step_cont = jax.jit(lambda s: self._meta_step(s, fresh=False))
+        self._sample = jax.jit(jax.vmap(task.sample))
+
+    # -- pieces --------------------------------------------------------------------------------
+    def sample_population(self, theta, iteration: int) -> Population:
+        """A fresh meta-batch for the episode that starts at ``iteration`` (training seeds only)."""
+        episode = iteration // self.segments
+        keys = seedlib.problem_keys(seedlib.train_seeds(self.cfg.seed, episode, self.cfg.batch))
+        problems = self._sample(keys)
+        inner = jax.vmap(lambda p: init_inner(self.task, self.opt, theta, p))(problems)
+        f0 = jax.vmap(lambda p, s: self.task.flat_loss(p.data, s.x, s.step))(problems, inner)
+        return Population(inner, problems.data, f0)
+
+    def meta_loss(self, theta, pop: Population, fresh: bool):
+        """Mean normalised loss over one truncation, for the whole meta-batch."""
+
+        def one(inner, data, f0):
+            if fresh:  # the initial state depends on θ (learned h0): let gradients reach it
+                inner = inner._replace(h=self.opt.init_state(theta, inner.x.shape[0]))
+            final, losses = run(self.task, self.opt, theta, data, inner, self.cfg.truncation, remat=True)
+            return jnp.mean(losses) / f0, final
+
+        objective, finals = jax.vmap(one)(pop.inner, pop.data, pop.f0)
+        penalty = 0.5 * self.cfg.l2 * sum(jnp.sum(v * v) for v in jax.tree.leaves(theta))
+        return jnp.mean(objective) + penalty, finals
+
+    def _meta_step(self, state: TrainState, fresh: bool):
+        (loss, finals), grads = jax.value_and_grad(self.meta_loss, has_aux=True)(
+            state.theta, state.population, fresh)
+        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.theta)
+        theta = optax.apply_updates(state.theta, updates)
+        finals = jax.tree.map(jax.lax.stop_gradient, finals)
+        grad_norm = optax.global_norm(grads)
+        pop = state.population._replace(inner=finals)
+        return TrainState(theta, opt_state, pop), {"meta_loss": loss, "meta_grad_norm": grad_norm,
+                                                   "skipped": ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)}
+
+    def init(self) -> TrainState:
+        theta = self.opt.init_theta(jax.random.PRNGKey(self.cfg.seed))
+        return TrainState(theta, self.tx.init(theta), self.sample_population(theta, 0))
+
+    def step(self, state: TrainState, iteration: int) -> tuple[TrainState, dict]:
+        """One meta-iteration (one truncation of the current meta-batch)."""
+        if iteration % self.segments == 0 and iteration > 0:
+            state = state._replace(population=self.sample_population(state.theta, iteration))
+        fn = self._step_fresh if iteration % self.segments == 0 else self._step_cont
+        state, metrics = fn(state)
+        metrics = {k: np.asarray(v) for k, v in metrics.items()}
+        metrics["learning_rate"] = np.asarray(self.schedule(iteration))
+        return state, metrics
+
+
+# -- history and checkpoints ---------------------------------------------------------------------
+HISTORY_ATTRS = {
+    "meta_loss": ("meta-objective: mean_k f_k / f_0 over the truncation, batch mean (+ L2)", "1"),
+    "meta_grad_norm": ("global norm of the meta-gradient before clipping", "1"),
+    "learning_rate": ("meta-optimizer learning rate", "1"),
+    "skipped": ("step skipped because the meta-loss or meta-gradient was not finite", "1"),
+}
+
+
+def history_dataset(records: dict[str, list], theta_checkpoints: list[dict],
+                    checkpoint_iterations: list[int]) -> xr.Dataset:
+    """The meta-training history: per-iteration metrics and θ along a ``checkpoint`` dim."""
+    n = len(records.get("meta_loss", []))
+    ds = xr.Dataset(coords={"iteration": ("iteration", np.arange(n, dtype=np.int64),
+                                          {"long_name": "meta-iteration", "units": "1"})})
+    for name, (long_name, units) in HISTORY_ATTRS.items():
+        dtype = bool if name == "skipped" else np.float32
+        ds[name] = xr.Variable("iteration", np.asarray(records.get(name, []), dtype=dtype),
+                               {"long_name": long_name, "units": units})
+    if theta_checkpoints:
+        stacked = {f"theta_{k}": np.stack([np.asarray(t[k]) for t in theta_checkpoints])
+                   for k in theta_checkpoints[0]}
+        ds = ds.merge(theta_to_dataset(stacked, leading=("checkpoint",)))
+        ds = ds.assign_coords(checkpoint=("checkpoint", np.asarray(checkpoint_iterations, np.int64),
+                                          {"long_name": "iteration of the θ checkpoint", "units": "1"}))
+    ds["skipped_total"] = xr.Variable((), np.int64(np.sum(ds["skipped"].values)),
+                                      {"long_name": "number of skipped meta-iterations", "units": "1"})
+    return ds
+
+
+def thetas_from_history(history: xr.Dataset) -> list[dict]:
+    """θ at each checkpoint of a history dataset."""
+    if "checkpoint" not in history.dims:
+        return []
+    return [theta_from_dataset(history.isel(checkpoint=i), prefix="theta_")
+            for i in range(history.sizes["checkpoint"])]
+
+
+def _leaves_dataset(state: TrainState) -> xr.Dataset:
+    leaves = jax.tree.leaves(state)
+    return xr.Dataset({f"leaf{i:04d}": xr.Variable(tuple(f"leaf{i:04d}_{j}" for j in range(np.ndim(v))),
+                                                    np.asarray(v)) for i, v in enumerate(leaves)})
+
+
+def checkpoint_path(out: str | os.PathLike) -> Path:
+    """Where a run writing ``out`` keeps its resumable checkpoint."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoint")
+
+
+def write_checkpoint(path, state: TrainState, iteration: int, history: xr.Dataset, settings: dict) -> None:
+    tree = xr.DataTree.from_dict({
+        "/": xr.Dataset(attrs={"next_iteration": int(iteration), "settings": settings}),
+        "/state": _leaves_dataset(state),
+        "/history": history,
+    })
+    write_tree(tree, path, overwrite=True)
+
+
+def read_checkpoint(path, template: TrainState):
+    tree = open_tree(path)
+    ds = tree["state"].to_dataset().load()
+    leaves = [ds[f"leaf{i:04d}"].values for i in range(len(ds.data_vars))]
+    treedef = jax.tree.structure(template)
+    tmpl_leaves = jax.tree.leaves(template)
+    if len(leaves) != len(tmpl_leaves):
+        raise UserError(f"checkpoint {path} does not match this configuration; start again with --overwrite")
+    leaves = [jnp.asarray(v, dtype=t.dtype) for v, t in zip(leaves, tmpl_leaves)]
+    return (jax.tree.unflatten(treedef, leaves), int(tree.attrs["next_iteration"]),
+            tree["history"].to_dataset().load(), dict(tree.attrs["settings"]))
+
+
+def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os.PathLike, *,
+          resume: bool = False, overwrite: bool = False, progress: bool = True,
+          stop_after: int | None = None, callback: Callable | None = None) -> xr.Dataset:
+    """Meta-train and write the optimizer file to ``out``; returns the history.
+
+    A checkpoint (``out`` + ``.checkpoint``) is written every ``checkpoint_every`` iterations and
+    removed when training finishes. ``resume`` continues from it and gives the same result, bit
+    for bit on the CPU, as a run that was never stopped. ``stop_after`` stops (with a checkpoint)
+    after that many iterations in total, to simulate an interruption.
+    """
+    trainer = MetaTrainer(task, optimizer, cfg)
+    cfg = trainer.cfg
+    settings = {**dataclasses.asdict(cfg), "optimizer": optimizer.config(), "task": task.config()}
+    ckpt = checkpoint_path(out)
+    if exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    if resume and not exists(ckpt):
+        raise UserError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
+    if not resume and exists(ckpt):
+        if not overwrite:
+            raise UserError(f"an unfinished run left {ckpt}; pass --resume to continue it or --overwrite to start again")
+        remove(ckpt)
+
+    state = trainer.init()
+    records = {k: [] for k in HISTORY_ATTRS}
+    thetas, theta_iters = [], []
+    start = 0
+    if resume:
+        state, start, history, saved = read_checkpoint(ckpt, state)
+        if saved != settings:
+            raise UserError(f"checkpoint {ckpt} was made with other settings; resume with the same options")
+        for k in records:
+            records[k] = list(history[k].values)
+        thetas = thetas_from_history(history)
+        theta_iters = [int(i) for i in history["checkpoint"].values] if thetas else []
+
+    end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, end), initial=start, total=cfg.iterations, disable=not progress,
+               desc=f"meta-train {task.name}", unit="it")
+    for it in bar:
+        state, metrics = trainer.step(state, it)
+        for k in records:
+            records[k].append(metrics[k])
+        bar.set_postfix(meta_loss=f"{float(metrics['meta_loss']):.4f}", skipped=int(np.sum(records["skipped"])))
+        if callback is not None:
+            callback(it, metrics)
+        done = it + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            thetas.append(jax.tree.map(np.asarray, state.theta))
+            theta_iters.append(done)
+            if done < cfg.iterations:
+                write_checkpoint(ckpt, state, done, history_dataset(records, thetas, theta_iters), settings)
+    bar.close()
+    history = history_dataset(records, thetas, theta_iters)
+    if end < cfg.iterations:
+        write_checkpoint(ckpt, state, end, history, settings)
+        return history
+    save_optimizer(out, optimizer, jax.tree.map(np.asarray, state.theta), task=task.config(),
+                   metatrain=settings, meta_train=history, overwrite=overwrite)
+    remove(ckpt)
+    return history

@@ -1,0 +1,94 @@
+"""The learned optimizer: a GRU run on every parameter, with a linear readout.
+
+For each scalar parameter, with x = input_scale · g::
+
+    z  = σ(W_z x + h U_z + b_z)            update gate
+    r  = σ(W_r x + h U_r + b_r)            reset gate
+    h̃  = tanh(W_h x + (r ⊙ h) U_h + b_h)
+    h' = (1 − z) ⊙ h + z ⊙ h̃
+    Δx = output_scale · (h' · w)           linear readout, w starts at zero
+
+θ = {"W_z", "W_r", "W_h": (u,), "U_z", "U_r", "U_h": (u, u), "b_z", "b_r", "b_h": (u,),
+     "h0": (u,), "readout": (u,)}; ``h0`` is the learned initial state shared by all parameters.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt_trace.optimizers.base import ComponentwiseOptimizer
+
+GATES = ("z", "r", "h")
+
+
+class LearnedGRU(ComponentwiseOptimizer):
+    """Component-wise GRU optimizer with ``units`` hidden units (the paper uses 256)."""
+
+    name = "learned"
+
+    def __init__(self, units: int = 32, input_scale: float = 1.0, output_scale: float = 1e-2,
+                 clip: float | None = None):
+        super().__init__(clip)
+        if int(units) < 1:
+            raise ValueError(f"units must be positive, got {units}")
+        self.units = int(units)
+        self.input_scale = float(input_scale)
+        self.output_scale = float(output_scale)
+        self.state_names = tuple(f"u{i}" for i in range(self.units))
+
+    def config(self) -> dict:
+        return {**super().config(), "units": self.units, "input_scale": self.input_scale,
+                "output_scale": self.output_scale}
+
+    def init_theta(self, key: jax.Array | None = None):
+        """Input weights ~ N(0, 1), recurrent weights orthogonal, biases, h0 and readout zero."""
+        key = jax.random.PRNGKey(0) if key is None else key
+        u = self.units
+        keys = jax.random.split(key, 6)
+        theta = {}
+        ortho = jax.nn.initializers.orthogonal()
+        for i, gate in enumerate(GATES):
+            theta[f"W_{gate}"] = jax.random.normal(keys[i], (u,), dtype=jnp.float32)
+            theta[f"U_{gate}"] = ortho(keys[3 + i], (u, u), jnp.float32)
+            theta[f"b_{gate}"] = jnp.zeros((u,), jnp.float32)
+        theta["h0"] = jnp.zeros((u,), jnp.float32)
+        theta["readout"] = jnp.zeros((u,), jnp.float32)
+        return theta
+
+    def init_state(self, theta, n: int) -> jax.Array:
+        return jnp.broadcast_to(theta["h0"], (n, self.units)).astype(jnp.float32)
+
+    def _F(self, theta, h, g):
+        x = (self.input_scale * g)[..., None]
+        z = jax.nn.sigmoid(x * theta["W_z"] + h @ theta["U_z"] + theta["b_z"])
+        r = jax.nn.sigmoid(x * theta["W_r"] + h @ theta["U_r"] + theta["b_r"])
+        h_tilde = jnp.tanh(x * theta["W_h"] + (r * h) @ theta["U_h"] + theta["b_h"])
+        return (1.0 - z) * h + z * h_tilde
+
+    def readout(self, theta, h):
+        return self.output_scale * (h @ theta["readout"])
+
+
+def momentum_gru(beta: float, learning_rate: float, units: int = 1,
+                 input_scale: float = 1e-3) -> tuple[LearnedGRU, dict]:
+    """A GRU whose weights are set by hand so that it implements heavy-ball momentum.
+
+    With constant gates (z = 1 − β, U = 0) and a small input the candidate is linear in g, so
+    h' = β h + (1 − β) tanh(W_h · input_scale · g) ≈ β h + (1 − β) W_h input_scale g. The readout
+    is chosen so that Δx ≈ −α (β v + g) in the small-gradient regime, i.e. momentum with
+    learning rate α and β. ∂F/∂h = β exactly at every state. Used to test the analyses.
+    """
+    opt = LearnedGRU(units=units, input_scale=input_scale, output_scale=1.0)
+    u = units
+    z = 1.0 - beta
+    theta = {f"{p}_{gate}": jnp.zeros((u, u) if p == "U" else (u,), jnp.float32)
+             for gate in GATES for p in ("W", "U", "b")}
+    theta["b_z"] = jnp.full((u,), np.log(z / (1.0 - z)), jnp.float32)
+    theta["b_r"] = jnp.zeros((u,), jnp.float32)
+    theta["W_h"] = jnp.zeros((u,), jnp.float32).at[0].set(1.0)
+    theta["h0"] = jnp.zeros((u,), jnp.float32)
+    # h'_0 ≈ (1 − β)·input_scale·(β v + g) when h_0 = (1 − β)·input_scale·v, so α·v' needs:
+    theta["readout"] = jnp.zeros((u,), jnp.float32).at[0].set(-learning_rate / (z * input_scale))
+    return opt, theta
