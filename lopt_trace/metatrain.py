@@ -132,7 +132,7 @@ class MetaTrainer:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
         finals = jax.tree.map(jax.lax.stop_gradient, finals)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         pop = state.population._replace(inner=finals)
         return TrainState(theta, opt_state, pop), {"meta_loss": loss, "meta_grad_norm": grad_norm,
                                                    "skipped": ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)}

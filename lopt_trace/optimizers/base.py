@@ -51,8 +51,8 @@ class ComponentwiseOptimizer:
         raise NotImplementedError
 
     def init_state(self, theta: Theta, n: int) -> jax.Array:
-        """The initial state for n parameters, shape (n, d)."""
-        return jnp.zeros((n, self.state_size), dtype=jnp.float32)
+        """The initial state for n parameters, shape (n, d), in θ's floating dtype."""
+        return jnp.zeros((n, self.state_size), dtype=jnp.result_type(*jax.tree.leaves(theta)))
 
     def F(self, theta: Theta, h: jax.Array, g: jax.Array) -> jax.Array:
         """State transition h' = F(θ, h, g): (..., d), (...) -> (..., d)."""

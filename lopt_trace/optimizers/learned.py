@@ -58,7 +58,7 @@ class LearnedGRU(ComponentwiseOptimizer):
         return theta
 
     def init_state(self, theta, n: int) -> jax.Array:
-        return jnp.broadcast_to(theta["h0"], (n, self.units)).astype(jnp.float32)
+        return jnp.broadcast_to(theta["h0"], (n, self.units))
 
     def _F(self, theta, h, g):
         x = (self.input_scale * g)[..., None]

@@ -82,9 +82,9 @@ class Mnist(Task):
         return {**super().config(), "batch_size": self.batch_size, "data": self.data_source}
 
     @functools.cached_property
-    def _data(self) -> tuple[jax.Array, jax.Array]:
-        x, y = load_mnist(self.data_source)
-        return jnp.asarray(x), jnp.asarray(y, dtype=jnp.int32)
+    def _data(self) -> tuple[np.ndarray, np.ndarray]:
+        # NumPy, not jax arrays: this may first run while a function is being traced
+        return load_mnist(self.data_source)
 
     def sample(self, key: jax.Array) -> Problem:
         self._data  # fail early, with a clear message, if the data is missing
@@ -100,7 +100,7 @@ class Mnist(Task):
 
     def batch(self, data, step) -> tuple[jax.Array, jax.Array]:
         """The minibatch for ``step``: images (B, 28, 28, 1) in [0, 1] and labels (B,)."""
-        images, labels = self._data
+        images, labels = (jnp.asarray(a) for a in self._data)
         key = jax.random.fold_in(data["batch_key"], step)
         idx = jax.random.randint(key, (self.batch_size,), 0, images.shape[0])
         return images[idx][..., None].astype(jnp.float32) / 255.0, labels[idx]

@@ -1,0 +1,13 @@
+"""HoloViews for the recipes' plots, with the Bokeh backend loaded so that ``.opts`` works."""
+
+from __future__ import annotations
+
+
+def holoviews():
+    """The ``holoviews`` module, with its Bokeh plotting backend imported (no notebook needed)."""
+    import holoviews as hv
+    import holoviews.plotting.bokeh  # noqa: F401  (registers the backend's options)
+
+    if not hv.Store.current_backend:
+        hv.Store.set_current_backend("bokeh")
+    return hv

@@ -1,0 +1,105 @@
+"""Rebuild an optimizer's F and readout from a store, and pick groups out of it.
+
+A store holds, for each optimizer group ``/runs/<name>``, the optimizer's configuration in the
+group's ``optimizer`` attribute and θ in the child group ``theta``; that is all an analysis needs
+to evaluate F(θ, h, g) and readout(θ, h) at any state and gradient.
+"""
+
+from __future__ import annotations
+
+import os
+
+import xarray as xr
+
+from lopt_trace.errors import UserError
+from lopt_trace.optimizers import ComponentwiseOptimizer, make_optimizer
+from lopt_trace.theta import theta_from_dataset
+
+
+def open_for_analysis(store) -> xr.DataTree:
+    """A store as a lazily loaded (Dask-backed) tree. ``store`` may already be a tree.
+
+    Uses :func:`lopt_trace.open_store` (which validates the schema) when it is available.
+    """
+    if isinstance(store, xr.DataTree):
+        return store
+    try:
+        from lopt_trace.store import open_store
+    except ImportError:  # the recorder's store module is not there: plain, lazy xarray
+        from lopt_trace.zarr_io import exists, open_tree
+
+        if not exists(store):
+            raise UserError(f"no store at {store}; record one with `lopt-trace record --task TASK`")
+        return open_tree(store, chunks={})
+    return open_store(store)
+
+
+def optimizer_names(tree: xr.DataTree) -> list[str]:
+    """Names of the optimizer groups under ``/runs``, in the order the store lists them."""
+    if "runs" not in tree.children:
+        raise UserError("the store has no /runs group; is it a lopt-trace store?")
+    present = list(tree["runs"].children)
+    listed = [str(n) for n in tree.attrs.get("optimizers", []) if str(n) in present]
+    return listed + [n for n in present if n not in listed]
+
+
+def select_optimizer(tree: xr.DataTree, name: str | None = None) -> str:
+    """The group to analyse: ``name`` if given, else ``learned`` if recorded, else the first."""
+    names = optimizer_names(tree)
+    if not names:
+        raise UserError("the store has no optimizer groups under /runs")
+    if name is None:
+        return "learned" if "learned" in names else names[0]
+    if name not in names:
+        raise UserError(f"no optimizer {name!r} in the store; it has: {', '.join(names)}")
+    return name
+
+
+def run_group(tree: xr.DataTree, name: str) -> xr.Dataset:
+    """The lazily loaded Dataset of ``/runs/<name>`` (without θ)."""
+    return tree[f"runs/{name}"].to_dataset(inherit=False)
+
+
+def rebuild(tree: xr.DataTree, name: str | None = None) -> tuple[ComponentwiseOptimizer, dict]:
+    """``(optimizer, θ)`` of the group ``/runs/<name>`` (see :func:`select_optimizer`)."""
+    name = select_optimizer(tree, name)
+    node = tree[f"runs/{name}"]
+    if "optimizer" not in node.attrs:
+        raise UserError(f"/runs/{name} has no 'optimizer' attribute; the store cannot rebuild it")
+    if "theta" not in node.children:
+        raise UserError(f"/runs/{name} has no theta group; the store cannot rebuild the optimizer")
+    opt = make_optimizer(dict(node.attrs["optimizer"]))
+    theta = theta_from_dataset(node["theta"].to_dataset(inherit=False))
+    return opt, theta
+
+
+def store_path(store) -> str | None:
+    """The path or URL of a store, if ``store`` is one (not an in-memory tree)."""
+    return None if isinstance(store, xr.DataTree) else os.fspath(store)
+
+
+def baseline_hyperparameters(tree: xr.DataTree, name: str) -> dict | None:
+    """The hyperparameters of a baseline (``momentum``, ...) as used for this store's task:
+    θ of the store's ``/runs/<name>`` group when it was recorded, else the bundled tuned values
+    for the task, else None."""
+    if "runs" in tree.children and name in tree["runs"].children:
+        node = tree[f"runs/{name}"]
+        if "theta" in node.children:
+            return {k: float(v) for k, v in
+                    theta_from_dataset(node["theta"].to_dataset(inherit=False)).items() if v.size == 1}
+    task = tree.attrs.get("task")
+    if not task:
+        return None
+    import json
+
+    from lopt_trace import bundled
+
+    try:
+        path = bundled.tuned_path(str(task))
+        if path.is_file():
+            entry = json.loads(path.read_text()).get("optimizers", {}).get(name)
+            if entry and "theta" in entry:
+                return {k: float(v) for k, v in entry["theta"].items()}
+    except (OSError, ValueError, FileNotFoundError):
+        return None
+    return None

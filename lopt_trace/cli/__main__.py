@@ -1,0 +1,1 @@
+from lopt_trace.cli import main; import sys; sys.exit(main())

@@ -1,0 +1,81 @@
+"""Find and load the analysis recipes, wherever lopt-trace is installed.
+
+Recipes are plain modules meant to be read and copied. In a source checkout they live in the
+top-level ``recipes/`` folder; a wheel carries the same files as ``lopt_trace/recipes`` (hatch's
+force-include), so nothing named ``recipes`` is ever installed at the top level of
+site-packages. Either way a recipe is loaded from its file under the module name
+``lopt_trace.recipes.<name>``, which cannot clash with another package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+from lopt_trace.errors import UserError
+
+_PACKAGE = Path(__file__).resolve().parent
+PREFIX = "lopt_trace.recipes"
+#: the recipes in the paper's order (``analyze all`` runs them in this order)
+ORDER = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers")
+
+
+def recipes_dir() -> Path:
+    """The folder that holds the recipe modules (installed copy first, then the checkout's)."""
+    for candidate in (_PACKAGE / "recipes", _PACKAGE.parent / "recipes"):
+        if candidate.is_dir() and any(candidate.glob("*.py")):
+            return candidate
+    raise UserError("lopt-trace's recipes folder is missing; reinstall the package with `pip install .`")
+
+
+def available() -> list[str]:
+    """Names of the recipes, paper order first, then any others alphabetically."""
+    names = {p.stem for p in recipes_dir().glob("*.py") if not p.stem.startswith("_")}
+    return [n for n in ORDER if n in names] + sorted(names - set(ORDER))
+
+
+def _parent() -> types.ModuleType:
+    """A ``lopt_trace.recipes`` package module whose path is the recipes folder."""
+    parent = sys.modules.get(PREFIX)
+    if parent is None:
+        parent = types.ModuleType(PREFIX, "lopt-trace analysis recipes (see docs/analysis.md)")
+        parent.__path__ = [str(recipes_dir())]
+        parent.__package__ = PREFIX
+        sys.modules[PREFIX] = parent
+    return parent
+
+
+def load(name: str) -> types.ModuleType:
+    """The recipe module ``name`` (``lopt_trace.recipes.<name>``), loaded from its file."""
+    full = f"{PREFIX}.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    names = available()
+    if name not in names:
+        raise UserError(f"unknown recipe {name!r}; choose one of: {', '.join(names)} (or 'all')")
+    path = recipes_dir() / f"{name}.py"
+    parent = _parent()
+    spec = importlib.util.spec_from_file_location(full, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(full, None)
+        raise
+    setattr(parent, name, module)
+    try:  # ship recipe code to dask.distributed workers by value: they may not have the folder
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    except (ImportError, ValueError):
+        pass
+    for attr in ("compute", "summary", "plot", "run"):
+        if not callable(getattr(module, attr, None)):
+            raise UserError(f"recipe {path} has no {attr}() function")
+    return module
+
+
+__all__ = ["recipes_dir", "available", "load", "ORDER"]

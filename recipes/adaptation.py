@@ -1,0 +1,95 @@
+"""Learning-rate adaptation (paper Fig. 6): the fixed points as g* sweeps the gradients' range.
+
+With the gradient held at g*, the state settles at h*(g*). Sweeping |g*| from 0 to the
+``quantile`` (default 99%) of the recorded |g| (over every parameter and step) on both signs
+traces the S-curve; it is shown projected on the principal components of the recorded states.
+Along each arm, the effective learning rate at the fixed point shows whether the optimizer
+lowers its step size where gradients are large (see :mod:`lopt_trace.analysis.adaptation`).
+
+    lopt-trace analyze adaptation STORE [--optimizer NAME] [-p quantile=0.99 -p num=41]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from lopt_trace.analysis import pca, project, rebuild, run_group, s_curve, select_optimizer
+from lopt_trace.analysis.results import run_recipe
+from lopt_trace.analysis.sampling import gradient_quantile, initial_state
+
+NAME = "adaptation"
+VERSION = "1"
+
+
+def compute(tree: xr.DataTree, optimizer: str | None = None, quantile: float = 0.99,
+            num: int = 41, g_max: float | None = None, n_components: int = 3,
+            tol: float = 1e-9, max_iter: int = 200) -> xr.Dataset:
+    """The S-curve h*(g*) on both arms, its projection on the PCs, and η along it."""
+    name = select_optimizer(tree, optimizer)
+    opt, theta = rebuild(tree, name)
+    ds = run_group(tree, name)
+    if g_max is None:
+        g_max = gradient_quantile(ds, quantile)
+        g_max = g_max if np.isfinite(g_max) and g_max > 0 else 1.0
+    out = s_curve(opt, theta, initial_state(ds), g_max, num, tol=tol, max_iter=max_iter)
+    pcs = pca(ds["state"], n_components)
+    out["projection"] = project(out["fixed_point"], pcs)
+    out["components"] = pcs["components"]
+    out["explained_variance_ratio"] = pcs["explained_variance_ratio"]
+    eta = out["effective_learning_rate"]
+    e0 = float(eta.isel(g_abs=0, arm=0))
+    info = {"optimizer": name, "g_max": float(g_max), "quantile": float(quantile),
+            "eta_zero": e0, "converged": int(out["converged"].sum()),
+            "solves": int(out["converged"].size)}
+    for arm in ("negative", "positive"):
+        info[f"eta_{arm}"] = float(eta.sel(arm=arm).isel(g_abs=-1))
+        info[f"monotone_{arm}"] = bool(np.all(np.diff(np.abs(eta.sel(arm=arm).values)) <= 1e-12))
+    out.attrs = info
+    return out
+
+
+def summary(ds: xr.Dataset) -> str:
+    """One line: η at g* = 0 and at the largest |g*| on both arms."""
+    a = ds.attrs
+    e0 = a["eta_zero"]
+
+    def ratio(x):
+        return f"×{x / e0:.3g}" if e0 else "n/a"
+
+    pos, neg = abs(a["eta_positive"]), abs(a["eta_negative"])
+    if max(abs(pos - abs(e0)), abs(neg - abs(e0))) <= 1e-3 * abs(e0):
+        trend = "stays"
+    elif pos < abs(e0) and neg < abs(e0):
+        trend = "falls"
+    elif pos > abs(e0) and neg > abs(e0):
+        trend = "rises"
+    else:
+        trend = "changes"
+    return (f"adaptation: effective LR at the fixed point {trend} from {e0:.3g} (g* = 0) to "
+            f"{a['eta_positive']:.3g} ({ratio(a['eta_positive'])}) at g* = +{a['g_max']:.3g} and "
+            f"{a['eta_negative']:.3g} ({ratio(a['eta_negative'])}) at g* = −{a['g_max']:.3g} "
+            f"({100 * a['quantile']:.3g}th percentile of |g|); {a['converged']}/{a['solves']} "
+            f"solves converged [{a['optimizer']}]")
+
+
+def plot(ds: xr.Dataset):
+    """The S-curve on the first two PCs, and η against |g*| for both arms."""
+    from lopt_trace.analysis.plotting import holoviews
+
+    hv = holoviews()
+
+    curves, etas = [], []
+    for arm in ds["arm"].values:
+        p = ds["projection"].sel(arm=arm)
+        y = p.isel(component=1).values if p.sizes["component"] > 1 else np.zeros(p.sizes["g_abs"])
+        curves.append(hv.Curve((p.isel(component=0).values, y), "PC 1", "PC 2", label=str(arm)))
+        etas.append(hv.Curve((ds["g_abs"].values, ds["effective_learning_rate"].sel(arm=arm).values),
+                             "|g*|", "effective learning rate", label=str(arm)))
+    return (hv.Overlay(curves).opts(title="fixed points h*(g*)")
+            + hv.Overlay(etas).opts(title="effective learning rate along the arms")).cols(2)
+
+
+def run(store, **params) -> xr.Dataset:
+    """Compute, write to ``/analysis/adaptation`` of ``store``, return the result."""
+    return run_recipe(store, NAME, VERSION, compute, params)

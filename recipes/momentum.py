@@ -1,0 +1,159 @@
+"""Momentum (paper Fig. 3): slow modes of the state dynamics, their timescales and learning rates.
+
+1. PCA of the recorded states (one streaming pass) and the total variance of the state across
+   runs at each step.
+2. Fixed points of F(θ, h, 0) from states sampled along the recorded trajectories (batched
+   Levenberg–Marquardt), merged, outliers excluded.
+3. The linearisation at each fixed point: eigenvalues λ_i of ∂F/∂h, momentum timescales
+   β_i = |λ_i| and per-mode learning rates α_i (see :mod:`lopt_trace.analysis.linearization`),
+   and the one-step linearisation error along recorded trajectories.
+
+The **momentum mode** reported is the slowest mode of the main fixed point (the one most starts
+reach) among the modes that carry learning rate (|α_i| ≥ 1% of Σ|α_i|). It is compared with the
+tuned heavy-ball β of the same task and, on linear regression, with the optimal heavy-ball
+parameters for the Hessian eigenvalues in [λmin, λmax]:
+α* = 4/(√λmin + √λmax)², β* = ((√λmax − √λmin)/(√λmax + √λmin))².
+
+    lopt-trace analyze momentum STORE [--optimizer NAME] [-p n_starts=256]
+"""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import xarray as xr
+
+from lopt_trace.analysis import (fixed_points, linearization_error, linearize, moments,
+                                 pca_from_moments, project, rebuild, run_group, sample_states,
+                                 select_optimizer, total_variance)
+from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.rebuild import baseline_hyperparameters
+from lopt_trace.analysis.results import run_recipe
+from lopt_trace.analysis.sampling import initial_state, recorded_pairs
+
+NAME = "momentum"
+VERSION = "1"
+
+
+def optimal_heavy_ball(lambda_min: float, lambda_max: float) -> tuple[float, float]:
+    """(α*, β*) of heavy-ball momentum for a quadratic with Hessian eigenvalues in [λmin, λmax]."""
+    a, b = np.sqrt(lambda_min), np.sqrt(lambda_max)
+    return float(4.0 / (a + b) ** 2), float(((b - a) / (b + a)) ** 2)
+
+
+def momentum_mode(beta: np.ndarray, alpha: np.ndarray, share: float = 0.01) -> int:
+    """Index of the slowest mode whose |α_i| is at least ``share`` of Σ|α_i| (modes sorted by
+    decreasing |λ|); the slowest mode if none carries learning rate."""
+    a = np.abs(np.nan_to_num(alpha))
+    carrying = np.flatnonzero(a >= share * max(a.sum(), 1e-300))
+    if len(carrying):
+        return int(carrying[0])
+    return int(np.nanargmax(beta)) if np.isfinite(beta).any() else 0
+
+
+def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256,
+            noise: float = 0.0, seed: int = 0, tol: float = 1e-9, max_iter: int = 100,
+            n_error: int = 512) -> xr.Dataset:
+    """PCA, fixed points at g* = 0, their modes, and the linearisation error (see module doc)."""
+    name = select_optimizer(tree, optimizer)
+    opt, theta = rebuild(tree, name)
+    ds = run_group(tree, name)
+    state = ds["state"]
+
+    m, tv = dask.compute(moments(state), total_variance(state))
+    pcs = pca_from_moments(m)
+
+    starts = sample_states(state, n_starts, seed)
+    h0 = initial_state(ds).expand_dims(start=[starts.sizes["start"]])
+    starts = xr.concat([starts.drop_vars([c for c in starts.coords if c not in ("start", "unit")]), h0],
+                       dim="start")
+    fps = fixed_points(opt, theta, starts, 0.0, noise=noise, seed=seed, tol=tol,
+                       max_iter=max_iter).isel(g_star=0, drop=True)
+    found = fps["count"] > 0
+    unique = fps["fixed_point_state"].isel(fixed_point=np.flatnonzero(found.values))
+    if unique.sizes["fixed_point"] == 0:  # nothing converged: linearise at the best attempt
+        best = int(np.nanargmin(fps["q"].values))
+        unique = fps["state"].isel(start=[best]).rename(start="fixed_point").assign_coords(fixed_point=[0])
+    lin = linearize(opt, theta, unique, 0.0)
+    h, g = recorded_pairs(ds, n_error, seed)
+    err = linearization_error(opt, theta, h, g, unique.isel(fixed_point=0), 0.0)
+
+    out = xr.merge([pcs, fps.drop_vars(["fixed_point_state", "fixed_point_q", "count"]),
+                    lin.rename({"effective_learning_rate": "fixed_point_learning_rate"})],
+                   combine_attrs="drop")
+    k = unique.sizes["fixed_point"]
+    out["fixed_point_state"] = unique
+    out["fixed_point_q"] = fps["fixed_point_q"].isel(fixed_point=slice(0, k))
+    out["count"] = fps["count"].isel(fixed_point=slice(0, k))
+    out["fixed_point_projection"] = project(unique, pcs)
+    out["total_variance"] = tv
+    out["linearization_error"] = err.assign_attrs(attrs("relative one-step linearisation error "
+                                                        "at the main fixed point"))
+    out["state_projection_h0"] = project(initial_state(ds), pcs)
+
+    beta0, alpha0 = lin["beta"].isel(fixed_point=0).values, lin["alpha"].isel(fixed_point=0).values
+    i = momentum_mode(beta0, alpha0)
+    info = {
+        "optimizer": name,
+        "momentum_mode": i,
+        "slowest_beta": float(beta0[i]),
+        "slowest_timescale": float(lin["timescale"].isel(fixed_point=0, mode=i)),
+        "slowest_alpha": float(alpha0[i]),
+        "slowest_complex": bool(abs(float(lin["eigenvalue_imag"].isel(fixed_point=0, mode=i))) > 1e-12),
+        "total_alpha": float(np.nansum(alpha0)),
+        "n_fixed_points": int(found.sum()),
+        "n_converged": int(fps["n_converged"]),
+        "n_starts": int(starts.sizes["start"]),
+        "linearization_error_median": float(np.nanmedian(err.values)) if err.size else float("nan"),
+    }
+    tuned = baseline_hyperparameters(tree, "momentum")
+    if tuned and "beta" in tuned:
+        info["tuned_beta"] = tuned["beta"]
+        info["tuned_learning_rate"] = tuned.get("learning_rate", float("nan"))
+    cfg = tree.attrs.get("task_config") or {}
+    if tree.attrs.get("task") == "linear_regression" and "lambda_min" in cfg:
+        a_opt, b_opt = optimal_heavy_ball(cfg["lambda_min"], cfg["lambda_max"])
+        info["optimal_alpha"], info["optimal_beta"] = a_opt, b_opt
+    out.attrs = info
+    return out
+
+
+def summary(ds: xr.Dataset) -> str:
+    """One line: the momentum mode's |λ|, timescale and α; the tuned (and optimal) β."""
+    a = ds.attrs
+    text = (f"momentum: slowest mode |λ| = {a['slowest_beta']:.2f} "
+            f"(timescale {a['slowest_timescale']:.1f} steps), α = {a['slowest_alpha']:.3g}")
+    if a.get("slowest_complex"):
+        text += " (complex pair)"
+    text += f" [{a['optimizer']}, {a['n_fixed_points']} fixed point(s)"
+    if np.isfinite(a.get("linearization_error_median", np.nan)):
+        text += f", linearisation error {100 * a['linearization_error_median']:.2g}%"
+    text += "]"
+    if "tuned_beta" in a:
+        text += f"; best tuned momentum β = {a['tuned_beta']:.2f}"
+    if "optimal_beta" in a:
+        text += f"; optimal heavy ball α* = {a['optimal_alpha']:.3g}, β* = {a['optimal_beta']:.3f}"
+    return text
+
+
+def plot(ds: xr.Dataset):
+    """Eigenvalues in the complex plane (unit circle), explained variance, variance across runs."""
+    from lopt_trace.analysis.plotting import holoviews
+
+    hv = holoviews()
+
+    t = np.linspace(0, 2 * np.pi, 200)
+    circle = hv.Curve((np.cos(t), np.sin(t)), "Re λ", "Im λ").opts(color="gray")
+    pts = hv.Scatter((ds["eigenvalue_real"].values.ravel(), ds["eigenvalue_imag"].values.ravel(),
+                      ds["alpha"].values.ravel()), "Re λ", ["Im λ", "α"], label="modes")
+    eig = (circle * pts).opts(title="eigenvalues of ∂F/∂h at the fixed points")
+    ev = hv.Curve((ds["component"].values + 1, ds["explained_variance_ratio"].values),
+                  "component", "explained variance ratio").opts(title="PCA of states")
+    tv = hv.Curve((ds["step"].values, ds["total_variance"].values), "step",
+                  "variance across runs").opts(title="total state variance across runs")
+    return (eig + ev + tv).cols(3)
+
+
+def run(store, **params) -> xr.Dataset:
+    """Compute, write to ``/analysis/momentum`` of ``store``, return the result."""
+    return run_recipe(store, NAME, VERSION, compute, params)

@@ -1,0 +1,162 @@
+"""The component-wise protocol, the baselines' exactness against optax, the GRU, the adapter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt_trace.optimizers import (BASELINES, OPTIMIZERS, LearnedGRU, as_gradient_transformation,
+                                   make_optimizer, momentum_gru)
+from lopt_trace.optimizers.io import load_optimizer, save_optimizer
+from lopt_trace.errors import UserError
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_protocol_shapes(name):
+    opt = make_optimizer(name) if name != "learned" else LearnedGRU(units=6)
+    theta = opt.init_theta(jax.random.PRNGKey(0))
+    h = opt.init_state(theta, 7)
+    assert h.shape == (7, opt.state_size) and len(opt.state_names) == opt.state_size
+    g = jnp.linspace(-1, 1, 7)
+    h1 = opt.F(theta, h, g)
+    assert h1.shape == (7, opt.state_size)
+    assert opt.readout(theta, h1).shape == (7,)
+    # one component at a time gives the same answer (F broadcasts over leading dims)
+    single = jax.vmap(lambda hh, gg: opt.readout(theta, opt.F(theta, hh, gg)))(h, g)
+    np.testing.assert_allclose(single, opt.readout(theta, h1), rtol=1e-6, atol=1e-7)
+    assert make_optimizer(opt.config()).config() == opt.config()
+
+
+def test_unknown_optimizer():
+    with pytest.raises(UserError, match="unknown optimizer"):
+        make_optimizer("lion")
+
+
+def test_momentum_jacobian_is_beta_exactly():
+    opt = make_optimizer("momentum")
+    theta = {"learning_rate": jnp.float32(0.05), "beta": jnp.float32(0.8125)}
+    for h, g in [(0.0, 0.0), (3.0, -2.0), (-1e3, 7.0)]:
+        jac = jax.jacobian(opt.F, argnums=1)(theta, jnp.array([h]), jnp.float32(g))
+        assert jac.shape == (1, 1) and float(jac[0, 0]) == 0.8125
+
+
+def test_sgd_update_is_minus_alpha_g():
+    opt = make_optimizer("sgd")
+    theta = {"learning_rate": jnp.float32(0.3)}
+    g = jnp.array([1.0, -2.0, 0.5])
+    _, dx = opt.step(theta, opt.init_state(theta, 3), g)
+    np.testing.assert_array_equal(dx, -jnp.float32(0.3) * g)
+
+
+def test_clipping_is_stateless_and_bounds_the_update():
+    opt = make_optimizer("sgd", clip=0.5)
+    theta = opt.init_theta()
+    _, dx = opt.step(theta, opt.init_state(theta, 3), jnp.array([10.0, -10.0, 0.1]))
+    np.testing.assert_allclose(dx, [-0.05, 0.05, -0.01], rtol=1e-6)
+    with pytest.raises(ValueError):
+        make_optimizer("sgd", clip=0.0)
+
+
+OPTAX_EQUIVALENTS = {
+    "sgd": (lambda t: optax.sgd(t["learning_rate"])),
+    "momentum": (lambda t: optax.sgd(t["learning_rate"], momentum=t["beta"])),
+    "rmsprop": (lambda t: optax.rmsprop(t["learning_rate"], decay=t["decay"], eps=t["eps"])),
+    "adam": (lambda t: optax.adam(t["learning_rate"], b1=t["b1"], b2=t["b2"], eps=t["eps"])),
+}
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_baselines_equal_optax(name):
+    opt = make_optimizer(name)
+    theta = opt.init_theta()
+    ref = OPTAX_EQUIVALENTS[name](theta)
+    grads = jax.random.normal(jax.random.PRNGKey(1), (20, 11))
+    h = opt.init_state(theta, 11)
+    ref_state = ref.init(jnp.zeros(11))
+    for g in grads:
+        h, dx = opt.step(theta, h, g)
+        ref_dx, ref_state = ref.update(g, ref_state)
+        np.testing.assert_allclose(dx, ref_dx, rtol=2e-5, atol=1e-8)
+
+
+def test_gru_readout_starts_at_zero_and_h0_is_shared():
+    opt = LearnedGRU(units=5, output_scale=0.1)
+    theta = opt.init_theta(jax.random.PRNGKey(0))
+    theta["h0"] = jnp.arange(5.0)
+    h = opt.init_state(theta, 4)
+    np.testing.assert_array_equal(h, jnp.tile(jnp.arange(5.0), (4, 1)))
+    _, dx = opt.step(opt.init_theta(jax.random.PRNGKey(0)), opt.init_state(opt.init_theta(), 4), jnp.ones(4))
+    np.testing.assert_array_equal(dx, jnp.zeros(4))
+
+
+def test_hand_built_momentum_gru_tracks_momentum():
+    beta, lr = 0.9, 0.05
+    gru, theta = momentum_gru(beta, lr)
+    mom = make_optimizer("momentum")
+    mtheta = {"learning_rate": jnp.float32(lr), "beta": jnp.float32(beta)}
+    hg, hm = gru.init_state(theta, 3), mom.init_state(mtheta, 3)
+    for g in jax.random.normal(jax.random.PRNGKey(0), (30, 3)):
+        hg, dxg = gru.step(theta, hg, g)
+        hm, dxm = mom.step(mtheta, hm, g)
+        np.testing.assert_allclose(dxg, dxm, rtol=2e-3, atol=1e-6)
+    jac = jax.jacobian(gru.F, argnums=1)(theta, hg[0], jnp.float32(0.3))
+    assert float(jac[0, 0]) == pytest.approx(beta, rel=1e-6)
+
+
+def test_optax_adapter_trains_a_model():
+    # a small least-squares model with nested params, trained by momentum through the adapter
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (64, 3))
+    y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.3
+    params = {"w": jnp.zeros(3), "b": {"bias": jnp.zeros(())}}
+
+    def loss(p):
+        return jnp.mean((x @ p["w"] + p["b"]["bias"] - y) ** 2)
+
+    opt = make_optimizer("momentum")
+    tx = as_gradient_transformation(opt, {"learning_rate": jnp.float32(0.05), "beta": jnp.float32(0.9)})
+    ref = optax.sgd(0.05, momentum=0.9)
+    state, ref_state, ref_params = tx.init(params), ref.init(params), params
+
+    @jax.jit
+    def step(p, s):
+        updates, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, updates), s
+
+    start = float(loss(params))
+    for _ in range(100):
+        params, state = step(params, state)
+        u, ref_state = ref.update(jax.grad(loss)(ref_params), ref_state)
+        ref_params = optax.apply_updates(ref_params, u)
+    assert float(loss(params)) < 1e-3 * start
+    np.testing.assert_allclose(params["w"], ref_params["w"], rtol=1e-4, atol=1e-6)
+    # a learned optimizer works through the same adapter
+    gru, theta = momentum_gru(0.9, 0.05)
+    tx = as_gradient_transformation(gru, theta)
+    p, s = {"w": jnp.zeros(3), "b": {"bias": jnp.zeros(())}}, None
+    s = tx.init(p)
+    for _ in range(100):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        p = optax.apply_updates(p, u)
+    assert float(loss(p)) < 1e-2 * start
+
+
+def test_optimizer_file_roundtrip(tmp_path):
+    opt = LearnedGRU(units=4, input_scale=0.5, output_scale=0.02, clip=3.0)
+    theta = opt.init_theta(jax.random.PRNGKey(7))
+    path = tmp_path / "opt.zarr"
+    save_optimizer(path, opt, theta, task={"name": "rosenbrock", "steps": 300},
+                   metatrain={"iterations": 3})
+    loaded = load_optimizer(path)
+    assert loaded.optimizer.config() == opt.config()
+    assert loaded.task == {"name": "rosenbrock", "steps": 300}
+    assert loaded.attrs["metatrain"] == {"iterations": 3}
+    assert {"jax", "xarray", "zarr", "lopt_trace"} <= set(loaded.attrs["versions"])
+    for k, v in theta.items():
+        assert loaded.theta[k].dtype == np.float32
+        np.testing.assert_array_equal(loaded.theta[k], np.asarray(v))
+    with pytest.raises(UserError, match="already exists"):
+        save_optimizer(path, opt, theta)
+    with pytest.raises(UserError, match="no optimizer file"):
+        load_optimizer(tmp_path / "absent.zarr")
