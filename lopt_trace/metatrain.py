@@ -49,6 +49,7 @@ class MetaTrainConfig:
     l2: float = 0.0
     seed: int = 0
     checkpoint_every: int = 50
+    first_order: bool = False       # drop second derivatives of the task loss (cheaper, approximate)
 
     def resolved(self, task: Task) -> "MetaTrainConfig":
         steps = self.steps or task.default_steps
@@ -118,7 +119,8 @@ class MetaTrainer:
         def one(inner, data, f0):
             if fresh:  # the initial state depends on θ (learned h0): let gradients reach it
                 inner = inner._replace(h=self.opt.init_state(theta, inner.x.shape[0]))
-            final, losses = run(self.task, self.opt, theta, data, inner, self.cfg.truncation, remat=True)
+            final, losses = run(self.task, self.opt, theta, data, inner, self.cfg.truncation, remat=True,
+                                first_order=self.cfg.first_order)
             return jnp.mean(losses) / f0, final
 
         objective, finals = jax.vmap(one)(pop.inner, pop.data, pop.f0)

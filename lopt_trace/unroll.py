@@ -38,25 +38,33 @@ def init_inner(task: Task, opt: ComponentwiseOptimizer, theta: Theta, problem: P
 
 
 def inner_step(task: Task, opt: ComponentwiseOptimizer, theta: Theta, data: Any,
-               s: InnerState) -> tuple[InnerState, StepRecord]:
-    """One step of the inner loop: g = ∇f(x_k), h' = F(θ, h, g), x' = x + readout(θ, h')."""
+               s: InnerState, first_order: bool = False) -> tuple[InnerState, StepRecord]:
+    """One step of the inner loop: g = ∇f(x_k), h' = F(θ, h, g), x' = x + readout(θ, h').
+
+    With ``first_order`` the gradient is treated as a constant input when differentiating with
+    respect to θ (no second derivatives of the task's loss), which makes meta-gradients of large
+    tasks several times cheaper.
+    """
     loss, grad = jax.value_and_grad(task.flat_loss, argnums=1)(data, s.x, s.step)
+    if first_order:
+        grad = jax.lax.stop_gradient(grad)
     h, dx = opt.step(theta, s.h, grad)
     return InnerState(s.x + dx, h, s.step + 1), StepRecord(loss, grad, dx, h)
 
 
 def run(task: Task, opt: ComponentwiseOptimizer, theta: Theta, data: Any, state: InnerState,
-        steps: int, remat: bool = False) -> tuple[InnerState, jax.Array]:
+        steps: int, remat: bool = False, first_order: bool = False) -> tuple[InnerState, jax.Array]:
     """``steps`` inner steps from ``state``.
 
     Returns the final state and the losses f(x_{k+1}) after each step, shape (steps,): the loss at
     x_{k+1} is evaluated on step k+1's batch (for the last step one extra evaluation is made).
     With ``remat``, each step is rematerialised (``jax.checkpoint``) in the backward pass, so
-    meta-gradients cost memory O(steps · n) for the carries only.
+    meta-gradients cost memory O(steps · n) for the carries only. ``first_order``: see
+    :func:`inner_step`.
     """
 
     def body(s, _):
-        s, rec = inner_step(task, opt, theta, data, s)
+        s, rec = inner_step(task, opt, theta, data, s, first_order)
         return s, rec.loss
 
     if remat:

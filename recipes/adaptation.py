@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import pca, project, rebuild, run_group, s_curve, select_optimizer
+from lopt_trace.analysis import group_pca, project, rebuild, run_group, s_curve, select_optimizer
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import gradient_quantile, initial_state
 
@@ -33,7 +33,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, quantile: float = 0
         g_max = gradient_quantile(ds, quantile)
         g_max = g_max if np.isfinite(g_max) and g_max > 0 else 1.0
     out = s_curve(opt, theta, initial_state(ds), g_max, num, tol=tol, max_iter=max_iter)
-    pcs = pca(ds["state"], n_components)
+    pcs, _ = group_pca(tree, name, n_components)
     out["projection"] = project(out["fixed_point"], pcs)
     out["components"] = pcs["components"]
     out["explained_variance_ratio"] = pcs["explained_variance_ratio"]
@@ -66,11 +66,14 @@ def summary(ds: xr.Dataset) -> str:
         trend = "rises"
     else:
         trend = "changes"
+    tail = (f"({100 * a['quantile']:.3g}th percentile of |g|); {a['converged']}/{a['solves']} "
+            f"solves converged [{a['optimizer']}]")
+    if trend == "stays":
+        return (f"adaptation: effective LR at the fixed point stays at {e0:.3g} for |g*| up to "
+                f"{a['g_max']:.3g} " + tail)
     return (f"adaptation: effective LR at the fixed point {trend} from {e0:.3g} (g* = 0) to "
             f"{a['eta_positive']:.3g} ({ratio(a['eta_positive'])}) at g* = +{a['g_max']:.3g} and "
-            f"{a['eta_negative']:.3g} ({ratio(a['eta_negative'])}) at g* = −{a['g_max']:.3g} "
-            f"({100 * a['quantile']:.3g}th percentile of |g|); {a['converged']}/{a['solves']} "
-            f"solves converged [{a['optimizer']}]")
+            f"{a['eta_negative']:.3g} ({ratio(a['eta_negative'])}) at g* = −{a['g_max']:.3g} " + tail)
 
 
 def plot(ds: xr.Dataset):

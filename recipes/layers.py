@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import (gradient_histograms, pca, rebuild, run_group, select_optimizer,
+from lopt_trace.analysis import (gradient_histograms, group_pca, rebuild, run_group, select_optimizer,
                                  tensor_trajectories)
 from lopt_trace.analysis.results import run_recipe
 
@@ -27,7 +27,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_components: int =
     name = select_optimizer(tree, optimizer)
     opt, theta = rebuild(tree, name)
     ds = run_group(tree, name)
-    pcs = pca(ds["state"], n_components)
+    pcs, _ = group_pca(tree, name, n_components)
     traj = tensor_trajectories(opt, theta, ds["state_mean"], pcs, n_components)
     hists = gradient_histograms(ds["gradient_hist"], ds["bin_edges"].values)
     out = xr.merge([traj, hists, pcs[["components", "explained_variance_ratio"]]], combine_attrs="drop",

@@ -19,13 +19,11 @@ parameters for the Hessian eigenvalues in [λmin, λmax]:
 
 from __future__ import annotations
 
-import dask
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import (fixed_points, linearization_error, linearize, moments,
-                                 pca_from_moments, project, rebuild, run_group, sample_states,
-                                 select_optimizer, total_variance)
+from lopt_trace.analysis import (fixed_points, group_pca, linearization_error, linearize,
+                                 project, rebuild, run_group, sample_states, select_optimizer)
 from lopt_trace.analysis._common import attrs
 from lopt_trace.analysis.rebuild import baseline_hyperparameters
 from lopt_trace.analysis.results import run_recipe
@@ -58,12 +56,8 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
     name = select_optimizer(tree, optimizer)
     opt, theta = rebuild(tree, name)
     ds = run_group(tree, name)
-    state = ds["state"]
-
-    m, tv = dask.compute(moments(state), total_variance(state))
-    pcs = pca_from_moments(m)
-
-    starts = sample_states(state, n_starts, seed)
+    pcs, tv = group_pca(tree, name)  # one pass over the states for both
+    starts = sample_states(ds["state"], n_starts, seed)
     h0 = initial_state(ds).expand_dims(start=[starts.sizes["start"]])
     starts = xr.concat([starts.drop_vars([c for c in starts.coords if c not in ("start", "unit")]), h0],
                        dim="start")

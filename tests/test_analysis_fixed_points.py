@@ -58,20 +58,21 @@ def test_second_order_beats_first_order():
     gru, theta = _slow_gru()
     with float64():
         th = theta64(theta)
-        starts = jnp.asarray(np.random.default_rng(0).normal(size=(32, 8)) * 0.5)
+        starts = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)) * 0.5)
         g = jnp.zeros(1)
         h_lm, q_lm, c_lm, it_lm = make_solver(gru, th, "lm", tol=1e-9, max_iter=100)(starts, g)
         # (a few starts run into the tanh-saturated corner, where J ≈ I and convergence is linear)
         assert bool(c_lm.all()) and float(np.median(it_lm)) <= 10
         best_gd = np.inf
-        for lr in (1.0, 4.0, 8.0):
-            h, q, c, it = make_solver(gru, th, "gd", tol=1e-9, max_iter=3000, learning_rate=lr)(starts, g)
+        for lr in (4.0, 8.0):  # the best step sizes in benchmarks/fixed_points.py
+            h, q, c, it = make_solver(gru, th, "gd", tol=1e-9, max_iter=2000, learning_rate=lr)(starts, g)
             med = float(np.median(np.where(c, it, np.inf)))
             best_gd = min(best_gd, med)
         assert best_gd > 20 * float(np.median(it_lm))
         # and LM's answers are fixed points
         r = jax.vmap(lambda hh: gru.F(th, hh, jnp.float64(0.0)) - hh)(h_lm[0])
-        assert float(jnp.max(jnp.abs(r))) < 1e-8
+        bound = 1e-9 * (1 + jnp.max(jnp.abs(h_lm[0]), axis=1))  # the documented tolerance
+        assert bool(jnp.all(jnp.max(jnp.abs(r), axis=1) <= bound))
 
 
 def test_merge_duplicates_and_exclude_outliers():

@@ -147,3 +147,12 @@ def test_mnist_explicit_path(tmp_path):
     images, _ = task.batch(problem.data, 0)
     assert images.shape == (100, 28, 28, 1)
     assert set(np.unique(np.asarray(images) * 255).round().astype(int)) <= set(np.unique(x))
+
+
+def test_im2col_convolution_equals_lax_conv():
+    from lopt_trace.tasks.mnist import conv3x3_valid
+
+    h = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+    ref = jax.lax.conv_general_dilated(h, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv3x3_valid(h, w), ref, rtol=1e-5, atol=1e-5)

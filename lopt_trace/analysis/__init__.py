@@ -22,7 +22,8 @@ from lopt_trace.analysis.fixed_points import (find_fixed_points, fixed_points, m
                                               merge_fixed_points, sample_states, solve_one_fn)
 from lopt_trace.analysis.layers import gradient_histograms, tensor_trajectories
 from lopt_trace.analysis.linearization import jacobians, linearization_error, linearize, modes
-from lopt_trace.analysis.pca import moments, pca, pca_from_moments, project, total_variance
+from lopt_trace.analysis.pca import (group_pca, moments, pca, pca_from_moments, project,
+                                     total_variance)
 from lopt_trace.analysis.rebuild import (open_for_analysis, optimizer_names, rebuild, run_group,
                                          select_optimizer)
 from lopt_trace.analysis.results import read_result, write_result
@@ -33,7 +34,7 @@ __all__ = [
     "gradient_range", "s_curve", "autonomous", "find_fixed_points", "fixed_points", "make_solver",
     "merge_fixed_points", "sample_states", "solve_one_fn", "gradient_histograms",
     "tensor_trajectories", "jacobians", "linearization_error", "linearize", "modes", "moments",
-    "pca", "pca_from_moments", "project", "total_variance", "open_for_analysis",
+    "pca", "group_pca", "pca_from_moments", "project", "total_variance", "open_for_analysis",
     "optimizer_names", "rebuild", "run_group", "select_optimizer", "read_result", "write_result",
     "effective_learning_rate", "fraction_beyond", "fraction_beyond_hist", "saturation",
     "update_function",

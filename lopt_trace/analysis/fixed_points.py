@@ -15,8 +15,9 @@ Tolerance (documented): a start has **converged** when
 
 The error in h* itself is about the residual divided by 1 − |λ_max| (the slowest mode).
 
-:func:`merge_fixed_points` merges converged solutions closer than ``merge_tol`` (connected
-components of a k-d-tree's neighbour graph, no Python loop over pairs), keeps for each the
+:func:`merge_fixed_points` merges converged solutions within about ``merge_tol`` of each other
+(grid hashing, then connected components of a k-d-tree's neighbour graph of the occupied cells;
+no Python loop over pairs), keeps for each the
 solution with the smallest q and the number of starts that reached it, and excludes outliers:
 solutions outside the box spanned by the reference states (by default the starts) widened by
 ``outlier_margin`` times its width on each side.
@@ -158,7 +159,12 @@ def find_fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, noise: float
 
 
 def _clusters(points: np.ndarray, radius: float) -> np.ndarray:
-    """Connected components of the graph linking points closer than ``radius``."""
+    """Cluster labels: points that share a grid cell of side ``radius``, or whose cells'
+    representatives are within ``radius`` of each other, are one cluster (connected components).
+
+    Hashing to the grid first makes tight clusters of many solutions cost O(n log n): only one
+    representative per occupied cell enters the k-d tree's neighbour search.
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
@@ -166,9 +172,14 @@ def _clusters(points: np.ndarray, radius: float) -> np.ndarray:
     n = len(points)
     if n == 0:
         return np.zeros(0, dtype=int)
-    pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    keys = np.floor(points / radius).astype(np.int64)
+    _, first, cell = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    cell = cell.ravel()
+    reps = points[first]
+    pairs = cKDTree(reps).query_pairs(radius, output_type="ndarray")
+    m = len(reps)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
+    return connected_components(graph, directed=False)[1][cell]
 
 
 def default_merge_tol(starts: np.ndarray) -> float:

@@ -13,6 +13,7 @@ entry positive. Samples with a non-finite entry (a diverged run) are skipped.
 from __future__ import annotations
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -27,25 +28,58 @@ def _sample_dims(states: xr.DataArray, sample_dims, unit: str) -> tuple[str, ...
     return tuple(sample_dims)
 
 
+#: samples converted to float64 at a time inside a block (bounds the temporaries to ~16 MB)
+ROWS = 65536
+
+
+def _as_dask(states: xr.DataArray, dims: tuple[str, ...], unit: str):
+    """The states as a Dask array with axes ``dims + (unit,)``, ``unit`` in one chunk."""
+    data = states.transpose(*dims, unit).data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks="auto")
+    return data.rechunk({data.ndim - 1: -1})
+
+
+def _block_moments(block, shift, ndim):
+    """(1, ..., 1, 1 + d + d²) partial count, sum and sum of products of one block."""
+    d = block.shape[-1]
+    x = block.reshape(-1, d)
+    n, s1, s2 = 0.0, np.zeros(d), np.zeros((d, d))
+    for start in range(0, len(x), ROWS):
+        y = x[start:start + ROWS].astype(np.float64) - shift
+        y = y[np.isfinite(y).all(axis=1)]
+        n += len(y)
+        s1 += y.sum(axis=0)
+        s2 += y.T @ y
+    out = np.concatenate([[n], s1, s2.ravel()])
+    return out.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def moments(states: xr.DataArray, sample_dims=None, unit: str = UNIT) -> dict:
     """Lazy sufficient statistics of ``states`` over ``sample_dims`` (default: all but ``unit``).
 
     Returns ``{"shift": c (unit), "n": (), "s1": (unit), "s2": (unit, unit_)}`` where the sums are
-    of y = x − c over finite samples; c is one sample (it only improves the numerics). Compute
-    them together with other lazy results in one ``dask.compute`` to share the pass over the data.
+    of y = x − c over finite samples; c is one sample (it only improves the numerics). Each Dask
+    block is reduced on its own (in float64, ``ROWS`` samples at a time) to 1 + d + d² numbers,
+    which are then summed. Compute them together with other lazy results in one
+    ``dask.compute`` to share the pass over the data.
     """
     dims = _sample_dims(states, sample_dims, unit)
     shift = states.isel({d: 0 for d in dims}).astype(np.float64)
     shift = shift.where(np.isfinite(shift), 0.0).compute()
-    x = states.astype(np.float64)
-    valid = np.isfinite(x).all(unit)
-    y = (x - shift).where(valid, 0.0)
+    arr = _as_dask(states, dims, unit)
+    d = arr.shape[-1]
+    k = 1 + d + d * d
+    parts = arr.map_blocks(_block_moments, np.asarray(shift.values, dtype=np.float64), arr.ndim,
+                           dtype=np.float64, chunks=tuple((1,) * len(c) for c in arr.chunks[:-1]) + ((k,),))
+    total = parts.sum(axis=tuple(range(arr.ndim - 1)))
+    coords = {unit: states[unit].values} if unit in states.coords else {}
     other = f"{unit}_"
     return {
         "shift": shift,
-        "n": valid.sum(dims),
-        "s1": y.sum(dims),
-        "s2": xr.dot(y, y.rename({unit: other}), dim=list(dims)),
+        "n": xr.DataArray(total[0]),
+        "s1": xr.DataArray(total[1:1 + d], dims=(unit,), coords=coords),
+        "s2": xr.DataArray(total[1 + d:].reshape(d, d), dims=(unit, other)),
     }
 
 
@@ -94,9 +128,28 @@ def project(states: xr.DataArray, pcs: xr.Dataset, n_components: int | None = No
     comps = pcs["components"]
     if n_components is not None:
         comps = comps.isel({COMPONENT: slice(0, int(n_components))})
-    centred = states - pcs["pca_mean"].values
+    centred = (states - pcs["pca_mean"].variable).drop_vars(unit, errors="ignore")  # by dim name
     out = xr.dot(centred, comps.drop_vars(unit, errors="ignore"), dim=unit)
     return out.assign_attrs(attrs("projection on the principal components"))
+
+
+def _block_run_variance(block, ndim):
+    """Per step of one (run, step, ..., unit) block holding every run: the variance over finite
+    runs summed over units and the trailing dims, and the number of (param) elements; shape
+    (1, steps, 1, ..., 2)."""
+    steps = block.shape[1]
+    out = np.zeros((steps, 2))
+    for s in range(steps):
+        x = block[:, s].astype(np.float64)
+        ok = np.isfinite(x)
+        n = ok.sum(axis=0)
+        x = np.where(ok, x, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = x.sum(axis=0) / n
+            var = np.where(ok, (x - mean) ** 2, 0.0).sum(axis=0) / n
+        var = var.reshape(-1, block.shape[-1])  # (elements, unit)
+        out[s] = [np.nansum(var), var.shape[0]]
+    return out.reshape((1, steps) + (1,) * (ndim - 3) + (2,))
 
 
 def total_variance(states: xr.DataArray, across: str = "run", keep: str = "step",
@@ -104,10 +157,45 @@ def total_variance(states: xr.DataArray, across: str = "run", keep: str = "step"
     """Total variance of the state across ``across`` (runs) at each ``keep`` (step), lazily.
 
     For every step, parameter and unit the variance over runs is taken (population variance, no
-    n − 1), summed over units and averaged over the remaining dims (parameters). It is zero when
-    every run's states agree and grows as runs spread apart.
+    n − 1; non-finite values, from diverged runs, are left out), summed over units and averaged
+    over the remaining dims (parameters). It is zero when every run's states agree and grows as
+    runs spread apart. Blocks are reduced one step at a time in float64, so memory stays at a
+    block's size.
     """
-    var = states.astype(np.float64).var(across)
-    rest = [d for d in var.dims if d not in (keep, unit)]
-    out = var.sum(unit).mean(rest) if rest else var.sum(unit)
+    rest = [d for d in states.dims if d not in (across, keep, unit)]
+    dims = (across, keep, *rest)
+    arr = _as_dask(states, dims, unit).rechunk({0: -1})
+    ndim = arr.ndim
+    chunks = ((1,), arr.chunks[1]) + tuple((1,) * len(c) for c in arr.chunks[2:-1]) + ((2,),)
+    parts = arr.map_blocks(_block_run_variance, ndim, dtype=np.float64, chunks=chunks)
+    total = parts.sum(axis=(0,) + tuple(range(2, ndim - 1)))  # (step, 2)
+    out = xr.DataArray(total[:, 0] / total[:, 1], dims=(keep,),
+                       coords={keep: states[keep].values} if keep in states.coords else {})
     return out.assign_attrs(attrs(f"total state variance across {across}s"))
+
+
+_CACHE: dict = {}
+
+
+def group_pca(tree: xr.DataTree, name: str, n_components: int | None = None):
+    """PCA and total variance across runs of the states of ``/runs/<name>``, in one pass.
+
+    The result is kept for as long as ``tree`` lives, so several recipes run on the same opened
+    tree (``lopt-trace analyze all``) read the states once. Returns ``(pcs, total_variance)``.
+    """
+    import weakref
+
+    from lopt_trace.analysis.rebuild import run_group
+
+    key = (id(tree), name)
+    hit = _CACHE.get(key)
+    if hit is None or hit[0]() is not tree:
+        state = run_group(tree, name)["state"]
+        m, tv = dask.compute(moments(state), total_variance(state))
+        for k in [k for k, v in _CACHE.items() if v[0]() is None]:
+            del _CACHE[k]
+        _CACHE[key] = hit = (weakref.ref(tree), pca_from_moments(m), tv)
+    pcs, tv = hit[1], hit[2]
+    if n_components is not None:
+        pcs = pcs.isel({COMPONENT: slice(0, int(n_components))})
+    return pcs, tv

@@ -55,9 +55,21 @@ def select_optimizer(tree: xr.DataTree, name: str | None = None) -> str:
     return name
 
 
-def run_group(tree: xr.DataTree, name: str) -> xr.Dataset:
-    """The lazily loaded Dataset of ``/runs/<name>`` (without θ)."""
-    return tree[f"runs/{name}"].to_dataset(inherit=False)
+def run_group(tree: xr.DataTree, name: str, complete_only: bool = True) -> xr.Dataset:
+    """The lazily loaded Dataset of ``/runs/<name>`` (without θ).
+
+    With ``complete_only`` (the default) runs whose ``run_complete`` flag is false (an
+    interrupted recording) are left out; a clear error is raised if no run is complete.
+    """
+    ds = tree[f"runs/{name}"].to_dataset(inherit=False)
+    if complete_only and "run_complete" in ds:
+        done = ds["run_complete"].values.astype(bool)
+        if not done.any():
+            raise UserError(f"/runs/{name} has no complete run; finish the recording with "
+                            "`lopt-trace record ... --resume`")
+        if not done.all():
+            ds = ds.isel(run=done.nonzero()[0])
+    return ds
 
 
 def rebuild(tree: xr.DataTree, name: str | None = None) -> tuple[ComponentwiseOptimizer, dict]:

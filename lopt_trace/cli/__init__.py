@@ -13,6 +13,12 @@ from lopt_trace.errors import UserError
 COMMANDS = {
     "tasks": "tasks",
     "train": "train",
+    "record": "record", "info": "info",
+    "dashboard": "dashboard",
+    "report": "report",
+    "tune": "tune",
+    "compare": "compare",
+    "analyze": "analyze",
 }
 
 

@@ -6,7 +6,7 @@ from lopt_trace.cli import nonnegative_int, positive_float, positive_int, task_n
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
-    "linear_regression": (1.0, 0.1),
+    "linear_regression": (1.0, 1.0),
     "rosenbrock": (0.1, 0.01),
     "two_moons": (1.0, 0.01),
     "mnist": (1.0, 0.01),
@@ -26,6 +26,9 @@ def add_parser(sub, name):
     p.add_argument("--steps", type=positive_int, default=None, help="inner steps per problem (default: the task's)")
     p.add_argument("--truncation", type=positive_int, default=None,
                    help="inner steps per meta-gradient (truncated unrolls; default: all --steps)")
+    p.add_argument("--first-order", action="store_true",
+                   help="treat task gradients as constants in the meta-gradient (no second "
+                        "derivatives; much cheaper on CNNs, approximate)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="meta learning rate (default 3e-3)")
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on θ (default 0)")
     p.add_argument("--input-scale", type=positive_float, default=None, help="gradient input scale (default per task)")
@@ -52,7 +55,8 @@ def run(args) -> int:
                      output_scale=args.output_scale or out_scale)
     cfg = MetaTrainConfig(iterations=args.iterations, batch=args.batch, steps=args.steps,
                           truncation=args.truncation, learning_rate=args.lr, l2=args.l2,
-                          seed=args.seed, checkpoint_every=args.checkpoint_every)
+                          seed=args.seed, checkpoint_every=args.checkpoint_every,
+                          first_order=args.first_order)
     out = args.out or f"{args.task}-learned.zarr"
     start = time.perf_counter()
     history = train(task, opt, cfg, out, resume=args.resume, overwrite=args.overwrite)

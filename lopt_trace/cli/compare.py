@@ -1,0 +1,116 @@
+"""``lopt-trace compare``: the learned optimizer against the tuned baselines (Fig. 1)."""
+
+from __future__ import annotations
+
+import argparse
+
+from lopt_trace.cli import nonnegative_int, positive_int, task_name
+
+
+def optimizer_name(text: str) -> str:
+    from lopt_trace.compare import ALL_OPTIMIZERS
+
+    if text != "all" and text not in ALL_OPTIMIZERS:
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizer {text!r}; choose from: {', '.join(ALL_OPTIMIZERS)}, all")
+    return text
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(
+        name, help="compare the learned optimizer with the tuned baselines on held-out problems",
+        description="Run the bundled learned optimizer and the tuned baselines (data/tuned) on "
+                    "held-out problems, print meta-objective and final loss (mean ± sem) per "
+                    "optimizer, and write the Fig. 1 plot (loss curves, mean ± sem, log y) as HTML.")
+    p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
+    p.add_argument("--seeds", type=positive_int, default=64, help="held-out problems (default 64)")
+    p.add_argument("--seed-base", type=nonnegative_int, default=0,
+                   help="first held-out seed is 1e9 + this (default 0)")
+    p.add_argument("--optimizer", type=optimizer_name, nargs="+", default=None, metavar="NAME",
+                   help="optimizers to run (learned, sgd, momentum, rmsprop, adam, or all; default: "
+                        "learned momentum rmsprop adam, skipping any that is not bundled)")
+    p.add_argument("--learned", default=None, metavar="PATH",
+                   help="learned optimizer file to use instead of the bundled one")
+    p.add_argument("--tuned", default=None, metavar="JSON",
+                   help="tuned-hyperparameter file to use instead of data/tuned/<task>.json")
+    p.add_argument("--untuned", action="store_true",
+                   help="use default hyperparameters for baselines that have no tuned entry")
+    p.add_argument("--steps", type=positive_int, default=None, help="inner steps (default: the task's)")
+    p.add_argument("--out", default=None, metavar="PLOT",
+                   help="plot file, .html (default ./<task>-compare.html; a .png is added when "
+                        "bokeh can export one)")
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.add_argument("--save", default=None, metavar="ZARR",
+                   help="also write the curves and the table to this Zarr store")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plot or --save store")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import xarray as xr
+
+    from lopt_trace.compare import (
+        ALL_OPTIMIZERS,
+        compare,
+        figure,
+        format_table,
+        margins,
+        paired_margins,
+        resolve,
+        save_figure,
+    )
+    from lopt_trace.errors import UserError
+    from lopt_trace.provenance import command_line, utc_now, versions
+    from lopt_trace.tasks import get_task
+    from lopt_trace.zarr_io import check_writable, write_tree
+
+    names, strict = args.optimizer, None
+    if names and "all" in names:  # everything that is bundled; skip (with a note) what is not
+        names, strict = list(ALL_OPTIMIZERS), False
+    elif names:
+        names = list(dict.fromkeys(names))
+    plot = None
+    if not args.no_plot:
+        plot = Path(args.out or f"{args.task}-compare.html")
+        if plot.suffix not in (".html", ".png"):
+            raise UserError(f"--out must end in .html (or .png), got {plot}")
+        plot = plot.with_suffix(".html")
+        if plot.exists() and not args.overwrite:
+            raise UserError(f"{plot} already exists; pass --overwrite to replace it, or choose another --out")
+    if args.save:
+        check_writable(args.save, args.overwrite)
+
+    task = get_task(args.task, **({"steps": args.steps} if args.steps else {}))
+    entries, notes = resolve(args.task, names, learned=args.learned, tuned_file=args.tuned,
+                             untuned=args.untuned, strict=strict)
+    for note in notes:
+        print(f"note: {note}")
+    curves, summary = compare(task, entries, args.seeds, args.seed_base, progress=not args.no_progress)
+    print(f"{args.task}: {task.default_steps} steps, held-out seeds {int(curves.run[0])}..{int(curves.run[-1])}")
+    print(format_table(summary))
+    if "learned" in [e.label for e in entries]:
+        for kind, gaps in (("combined sem of the two means", margins(summary)),
+                           ("sem of the per-problem differences (paired)", paired_margins(curves["loss"]))):
+            if gaps:
+                text = ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items())
+                verdict = "beats" if all(v > 2 for v in gaps.values()) else "does NOT beat"
+                print(f"(baseline − learned) / {kind}: {text} -> learned {verdict} every baseline by > 2")
+    if plot is not None:
+        written, note = save_figure(figure(curves), plot, title=f"lopt-trace compare {args.task}")
+        print("wrote " + ", ".join(str(p) for p in written))
+        if note:
+            print(f"note: {note}")
+    if args.save:
+        attrs = {"task": args.task, "task_config": task.config(), "created": utc_now(),
+                 "command": command_line(), "versions": versions(),
+                 "seeds": [int(s) for s in curves.run.values],
+                 "optimizers": [e.label for e in entries],
+                 "optimizer_configs": {e.label: e.optimizer.config() for e in entries}}
+        tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), "/curves": curves,
+                                      "/summary": summary})
+        write_tree(tree, args.save, overwrite=args.overwrite)
+        print(f"wrote {args.save}")
+    return 0

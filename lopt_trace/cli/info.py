@@ -1,0 +1,57 @@
+"""``lopt-trace info``: a readable summary of a recorded store."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="summarise a recorded store: groups, dims, sizes, optimizers, final losses",
+                       description="Print a readable summary of a store written by `lopt-trace record`: "
+                                   "its task and settings, every group with its dims and size, the "
+                                   "optimizers and their final losses (mean ± sem over runs).")
+    p.add_argument("store", help="store path or fsspec URL")
+    return p
+
+
+def describe(path) -> str:
+    """The summary ``lopt-trace info`` prints."""
+    from lopt_trace.recorder import format_mean_sem
+    from lopt_trace.store import human_bytes, lock_path, open_store, size_on_disk
+    from lopt_trace.zarr_io import exists
+
+    tree = open_store(path)
+    a = tree.attrs
+    lines = [f"store    {path}  ({human_bytes(size_on_disk(path))} on disk)",
+             f"schema   v{a['schema_version']}, written by lopt-trace {a['lopt_trace_version']} on {a['created']}",
+             f"command  {a['command']}",
+             f"task     {a['task']}  {a['task_config']}",
+             f"runs     {len(a['seeds'])} (seeds {a['seeds'][0]}..{a['seeds'][-1]}), {a['steps']} steps, "
+             f"every {a['every']} kept, {a['params_per_tensor']} params per tensor"
+             + (f", {a['dtype']}" if "dtype" in a else "")]
+    if exists(lock_path(path)):
+        lines.append(f"note     a recorder is writing it, or was interrupted (lock {lock_path(path)})")
+    lines.append("groups (dims, uncompressed size):")
+    for node in sorted(tree.subtree, key=lambda n: n.path):
+        if node.path == "/":
+            continue
+        ds = node.to_dataset(inherit=False)
+        dims = ", ".join(f"{k} {v}" for k, v in ds.sizes.items())
+        size = human_bytes(ds.nbytes) if ds.variables else ""
+        lines.append(f"  {node.path:<28} {dims}" + (f"  [{size}]" if size else ""))
+    lines.append("optimizers (final loss, mean ± sem over complete runs):")
+    names = list(a["optimizers"])
+    width = max([len(n) for n in names] + [4])
+    for name in names:
+        node = tree["runs"][name]
+        done = np.asarray(node["run_complete"].values, dtype=bool)
+        final = np.asarray(node["loss"].isel(loss_step=-1).values, dtype=np.float64)
+        status = "" if done.all() else f"  [{int(done.sum())} of {done.size} runs complete]"
+        lines.append(f"  {name:<{width}}  {format_mean_sem(final[done]) if done.any() else 'n/a'}"
+                     f"  ({node.attrs['source']}; {node.attrs['optimizer']}){status}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    print(describe(args.store))
+    return 0

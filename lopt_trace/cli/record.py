@@ -1,0 +1,79 @@
+"""``lopt-trace record``: run test optimizations and stream their dynamics into a Zarr store."""
+
+from __future__ import annotations
+
+import argparse
+
+from lopt_trace.cli import nonnegative_int, positive_int, task_name
+
+
+def params_arg(text: str):
+    """argparse type for ``--params``: a positive integer or ``all``."""
+    if text == "all":
+        return None
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+
+
+def add_parser(sub, name):
+    from lopt_trace.recorder import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
+
+    p = sub.add_parser(
+        name, help="record optimizer dynamics on held-out test problems into a Zarr store",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run held-out test problems with one or more optimizers and stream each optimizer's "
+            "state, gradient, update and loss, per parameter, tensor and step, into one Zarr store "
+            "(an xarray DataTree; schema in docs/store.md).\n\n"
+            "What the defaults cost: 4 runs x the task's steps (200 for mnist), 64 parameters kept "
+            "per tensor (314 of MNIST's 82,250), every step kept, float32. A default MNIST store is "
+            "about 1 MB per optimizer with 1-3 state components and about 65 MB uncompressed for a "
+            "32-unit learned optimizer (250 MB at 256 units), and takes a few minutes on a 2-core "
+            "CPU. Per-tensor means and |g| histograms are always exact over all parameters. "
+            "--params all on MNIST costs 82,250 x (2 + units) x 4 bytes per step and run (about "
+            "84 MB per step for 256 units)."),
+        epilog="Examples:\n"
+               "  lopt-trace record --task mnist\n"
+               "  lopt-trace record --task two_moons --optimizer adam --optimizer my-opt.zarr --runs 8\n"
+               "  lopt-trace record --task linear_regression --params all --out memory://lr.zarr")
+    p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
+    p.add_argument("--optimizer", action="append", default=None, metavar="SPEC",
+                   help="learned (the bundled trained optimizer), an optimizer file, or sgd, momentum, "
+                        "rmsprop, adam (tuned hyperparameters when bundled, else defaults); repeat to "
+                        f"record several (default: {' '.join(DEFAULT_OPTIMIZERS)})")
+    p.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS,
+                   help=f"held-out test problems per optimizer (default {DEFAULT_RUNS})")
+    p.add_argument("--steps", type=positive_int, default=None, help="inner steps K (default: the task's)")
+    p.add_argument("--params", type=params_arg, default=DEFAULT_PARAMS, metavar="N|all",
+                   help=f"parameters kept per tensor, evenly spaced (default {DEFAULT_PARAMS}); all keeps every one")
+    p.add_argument("--every", type=positive_int, default=1,
+                   help="keep every E-th step for the per-parameter arrays (default 1; losses are kept every step)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the per-parameter arrays (default float32; float16 halves the size)")
+    p.add_argument("--out", default=None, help="store path or fsspec URL (default ./<task>.zarr)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted store (same options): finished runs are kept")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="base of the held-out test seeds (default 0: seeds 1000000000, ...)")
+    return p
+
+
+def run(args) -> int:
+    from lopt_trace.provenance import command_line
+    from lopt_trace.recorder import RecordConfig, record, resolve_optimizers
+    from lopt_trace.tasks import get_task
+
+    cfg = RecordConfig(runs=args.runs, steps=args.steps, params=args.params, every=args.every,
+                       dtype=args.dtype, seed=args.seed)
+    cfg.validate()
+    task = get_task(args.task, **({"steps": args.steps} if args.steps else {}))
+    entries = resolve_optimizers(args.task, args.optimizer)
+    out = args.out or f"{args.task}.zarr"
+    result = record(task, entries, cfg, out, overwrite=args.overwrite, resume=args.resume,
+                    progress=True, command=command_line())
+    print(result.summary())
+    return 0

@@ -1,0 +1,331 @@
+"""Comparing optimizers on held-out problems: loss curves, the mean ± sem table, and Fig. 1.
+
+The pieces are separate so that other commands reuse them: :func:`summarize` takes any loss
+DataArray with dims ``run`` and ``loss_step`` (a recorded store's ``/runs/<optimizer>/loss``
+works as well as the output of :func:`loss_curves`), and works lazily on Dask-backed data.
+
+Per run (problem): the meta-objective is mean_k f_k / f_0 over k = 1..K (non-finite: inf), the
+same number as :func:`lopt_trace.unroll.meta_objective`; the final loss is f_K. The table gives
+their mean and standard error of the mean (sem = sample std / √n) over runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from lopt_trace import bundled
+from lopt_trace import seeds as seedlib
+from lopt_trace.errors import UserError
+from lopt_trace.optimizers import BASELINES, ComponentwiseOptimizer, make_optimizer
+from lopt_trace.tasks.base import Task
+from lopt_trace.unroll import loss_curve
+
+#: the optimizers Fig. 1 shows, in order
+DEFAULT_OPTIMIZERS = ("learned", "momentum", "rmsprop", "adam")
+ALL_OPTIMIZERS = ("learned", "sgd", "momentum", "rmsprop", "adam")
+
+
+@dataclasses.dataclass
+class Entry:
+    """One optimizer to compare: a label, the optimizer, its θ and where θ came from."""
+
+    label: str
+    optimizer: ComponentwiseOptimizer
+    theta: dict
+    source: str
+
+
+def learned_entry(task: str, path: str | os.PathLike | None = None) -> Entry:
+    """The learned optimizer from ``path`` (default: the bundled one for ``task``)."""
+    from lopt_trace.optimizers.io import load_optimizer
+
+    file = Path(path) if path else bundled.optimizer_path(task)
+    loaded = load_optimizer(file)
+    trained_on = (loaded.task or {}).get("name")
+    if trained_on not in (None, task):
+        raise UserError(f"{file} was meta-trained on {trained_on!r}, not {task!r}; pass the "
+                        f"optimizer file for {task!r}")
+    return Entry("learned", loaded.optimizer, loaded.theta, "bundled" if path is None else str(file))
+
+
+def baseline_entry(task: str, name: str, tuned_file: str | os.PathLike | None = None,
+                   untuned: bool = False) -> Entry | None:
+    """A baseline with its tuned θ; with ``untuned``, its default θ when no tuned entry exists.
+
+    Returns None when there is no tuned entry and ``untuned`` is false.
+    """
+    from lopt_trace.tune import tuned_theta
+
+    opt = make_optimizer(name)
+    theta = tuned_theta(task, name, tuned_file)
+    if theta is not None:
+        missing = set(opt.init_theta()) - set(theta)
+        if missing:
+            raise UserError(f"tuned entry for {name} on {task} lacks {sorted(missing)}; re-run "
+                            f"`lopt-trace tune --task {task} --optimizer {name} --bundle`")
+        return Entry(name, opt, theta, "tuned")
+    if untuned:
+        return Entry(name, opt, opt.init_theta(), "default")
+    return None
+
+
+def resolve(task: str, names: list[str] | None = None, learned: str | None = None,
+            tuned_file: str | None = None, untuned: bool = False,
+            strict: bool | None = None) -> tuple[list[Entry], list[str]]:
+    """The entries to compare, and notes about the ones skipped.
+
+    With ``strict`` (default: true when ``names`` is given) every named optimizer must exist;
+    otherwise (the default set) a missing learned optimizer or tuned baseline is skipped with a
+    note. A ``learned`` path must always exist.
+    """
+    explicit = (names is not None) if strict is None else bool(strict)
+    names = list(names or DEFAULT_OPTIMIZERS)
+    entries, notes = [], []
+    for name in names:
+        if name == "learned":
+            path = learned or bundled.optimizer_path(task)
+            if explicit or learned or Path(path).exists():
+                entries.append(learned_entry(task, learned))
+            else:
+                notes.append(f"no bundled learned optimizer for {task} at {path}; skipped it "
+                             f"(train one with `lopt-trace train --task {task}` and pass --learned PATH)")
+        elif name in BASELINES:
+            entry = baseline_entry(task, name, tuned_file, untuned)
+            if entry is None:
+                message = (f"no tuned {name} hyperparameters for {task} in "
+                           f"{tuned_file or bundled.tuned_path(task)}; run `lopt-trace tune --task {task} "
+                           f"--optimizer {name} --bundle`, or pass --untuned to use the defaults")
+                if explicit:
+                    raise UserError(message)
+                notes.append(message.replace("; run", "; skipped it (run", 1) + ")")
+            else:
+                entries.append(entry)
+        else:
+            raise UserError(f"unknown optimizer {name!r}; choose from: {', '.join(ALL_OPTIMIZERS)}")
+    if not entries:
+        raise UserError(f"nothing to compare on {task}: " + " ".join(notes))
+    return entries, notes
+
+
+def _curves_fn(task: Task, opt: ComponentwiseOptimizer, steps: int):
+    return jax.jit(jax.vmap(lambda theta, p: loss_curve(task, opt, theta, p, steps), in_axes=(None, 0)))
+
+
+def loss_curves(task: Task, entries: list[Entry], seeds, steps: int | None = None,
+                batch: int | None = None, progress: bool = True) -> xr.Dataset:
+    """Loss curves f_0..f_K of every entry on the problems of ``seeds``.
+
+    Returns a Dataset with ``loss (optimizer, run, loss_step)`` (float64 of the float32 losses),
+    coords ``optimizer`` (labels), ``run`` (seeds), ``loss_step`` (0..K) and ``source``
+    (optimizer), plus ``seconds (optimizer)``, the wall time of each optimizer's runs.
+    """
+    from lopt_trace.tune import sample_problems
+
+    steps = int(steps or task.default_steps)
+    seeds = np.asarray(seeds, np.int64)
+    problems = sample_problems(task, seeds)
+    n = len(seeds)
+    batch = int(batch or max(1, min(n, 2**22 // max(1, task.num_params))))
+    curves = np.empty((len(entries), n, steps + 1), np.float64)
+    seconds = np.zeros(len(entries))
+    with tqdm(total=len(entries) * n, desc=f"compare {task.name}", unit="run", disable=not progress) as bar:
+        for i, entry in enumerate(entries):
+            fn = _curves_fn(task, entry.optimizer, steps)
+            theta = jax.tree.map(jax.numpy.asarray, entry.theta)
+            start = time.perf_counter()
+            for lo in range(0, n, batch):
+                hi = min(n, lo + batch)
+                chunk = jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], problems)
+                curves[i, lo:hi] = np.asarray(jax.block_until_ready(fn(theta, chunk)))
+                bar.update(hi - lo)
+            seconds[i] = time.perf_counter() - start
+    return xr.Dataset(
+        {"loss": (("optimizer", "run", "loss_step"), curves,
+                  {"long_name": "training loss f(x_k) on step k's batch", "units": "1"}),
+         "seconds": ("optimizer", seconds, {"long_name": "wall time of the runs", "units": "s"})},
+        coords={"optimizer": ("optimizer", np.array([e.label for e in entries], dtype=object)),
+                "source": ("optimizer", np.array([e.source for e in entries], dtype=object),
+                           {"long_name": "where θ came from"}),
+                "run": ("run", seeds, {"long_name": "problem seed (held-out range)", "units": "1"}),
+                "loss_step": ("loss_step", np.arange(steps + 1, dtype=np.int64),
+                              {"long_name": "inner step k", "units": "1"})},
+        attrs={"task": task.name, "task_config": task.config(), "steps": steps},
+    )
+
+
+def per_run(loss: xr.DataArray) -> xr.Dataset:
+    """``meta_objective`` and ``final_loss`` per run from a loss DataArray (..., run, loss_step)."""
+    f0 = loss.isel(loss_step=0, drop=True)
+    meta = loss.isel(loss_step=slice(1, None)).mean("loss_step", skipna=False) / f0
+    meta = meta.where(np.isfinite(meta), np.inf)
+    final = loss.isel(loss_step=-1, drop=True)
+    return xr.Dataset({
+        "meta_objective": meta.assign_attrs(long_name="mean_k f_k / f_0, k = 1..K (non-finite: inf)", units="1"),
+        "final_loss": final.assign_attrs(long_name="final loss f_K", units="1"),
+    })
+
+
+def summarize(loss: xr.DataArray, dim: str = "run") -> xr.Dataset:
+    """Mean and sem over ``dim`` of the per-run meta-objective and final loss.
+
+    Returns ``meta_objective_mean``, ``meta_objective_sem``, ``final_loss_mean``,
+    ``final_loss_sem`` and ``runs`` over the remaining dims (e.g. ``optimizer``).
+    """
+    runs = per_run(loss)
+    n = loss.sizes[dim]
+    out = xr.Dataset()
+    for name in ("meta_objective", "final_loss"):
+        v = runs[name]
+        label = name.replace("_", " ")
+        out[f"{name}_mean"] = v.mean(dim, skipna=False).assign_attrs(long_name=f"{label}, mean over {dim}s", units="1")
+        # a diverged run (inf or nan) makes the mean inf or nan and the sem nan, without warnings
+        finite = np.isfinite(v)
+        sem = v.where(finite, 0.0).std(dim, ddof=1) / math.sqrt(n) if n > 1 else v.mean(dim) * np.nan
+        sem = sem.where(finite.all(dim))
+        out[f"{name}_sem"] = sem.assign_attrs(long_name=f"{label}, standard error of the mean", units="1")
+    out["runs"] = xr.Variable((), np.int64(n), {"long_name": f"number of {dim}s", "units": "1"})
+    return out
+
+
+def format_table(summary: xr.Dataset, dim: str = "optimizer") -> str:
+    """A plain-text table, one row per optimizer, best meta-objective marked with ``*``."""
+    summary = summary.compute()
+    labels = [str(v) for v in summary[dim].values]
+    meta = summary["meta_objective_mean"].values
+    best = int(np.nanargmin(meta)) if np.any(np.isfinite(meta)) else -1
+    sources = summary["source"].values if "source" in summary.coords else [""] * len(labels)
+    rows = [f"{'optimizer':<12}{'source':<10}{'meta-objective':>26}{'final loss':>28}",
+            "-" * 76]
+    for i, label in enumerate(labels):
+        m = f"{meta[i]:.4g} ± {summary['meta_objective_sem'].values[i]:.2g}"
+        f = f"{summary['final_loss_mean'].values[i]:.4g} ± {summary['final_loss_sem'].values[i]:.2g}"
+        rows.append(f"{label + ('*' if i == best else ''):<12}{sources[i]!s:<10}{m:>26}{f:>28}")
+    rows.append(f"mean ± sem over {int(summary['runs'])} held-out problems; * lowest meta-objective")
+    return "\n".join(rows)
+
+
+def margins(summary: xr.Dataset, reference: str = "learned", dim: str = "optimizer") -> dict[str, float]:
+    """For each other optimizer: (its meta-objective − reference's) / √(sem² + sem²).
+
+    Positive means the reference is better; the issue's bar is "more than 2" for every baseline.
+    """
+    s = summary.compute()
+    labels = [str(v) for v in s[dim].values]
+    if reference not in labels:
+        return {}
+    r = labels.index(reference)
+    m, e = s["meta_objective_mean"].values, s["meta_objective_sem"].values
+    out = {}
+    for i, label in enumerate(labels):
+        if i == r:
+            continue
+        diff = m[i] - m[r]
+        if np.isnan(diff):  # both diverged
+            out[label] = float("nan")
+        elif not np.isfinite(diff):  # a diverged optimizer (inf) loses to a finite one
+            out[label] = float(np.inf if m[i] > m[r] else -np.inf)
+        else:
+            out[label] = float(diff / math.sqrt(e[i] ** 2 + e[r] ** 2))
+    return out
+
+
+def paired_margins(loss: xr.DataArray, reference: str = "learned", dim: str = "optimizer") -> dict[str, float]:
+    """Paired version of :func:`margins`: every optimizer runs on the same problems, so compare
+    per problem. For each other optimizer: mean(d) / sem(d), d = its meta-objective − reference's.
+    """
+    meta = per_run(loss)["meta_objective"].compute()
+    labels = [str(v) for v in meta[dim].values]
+    if reference not in labels:
+        return {}
+    ref = meta.isel({dim: labels.index(reference)}).values
+    out = {}
+    for i, label in enumerate(labels):
+        if label == reference:
+            continue
+        with np.errstate(invalid="ignore"):
+            d = meta.isel({dim: i}).values - ref
+        if not np.all(np.isfinite(d)):
+            out[label] = float("nan") if np.any(np.isnan(d)) else float(np.inf if np.all(d > 0) else np.nan)
+        elif len(d) < 2 or d.std(ddof=1) == 0:
+            out[label] = float(np.sign(d.mean()) * np.inf) if d.mean() else 0.0
+        else:
+            out[label] = float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
+    return out
+
+
+COLOURS = {"learned": "#d62728", "sgd": "#7f7f7f", "momentum": "#1f77b4", "rmsprop": "#2ca02c",
+           "adam": "#ff7f0e"}
+_EXTRA = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+
+
+def figure(curves: xr.Dataset, title: str | None = None):
+    """Fig. 1: mean loss curve ± sem band per optimizer, log y (a HoloViews overlay, bokeh)."""
+    import holoviews as hv
+    import holoviews.plotting.bokeh
+
+    loss = curves["loss"]
+    n = loss.sizes["run"]
+    with np.errstate(invalid="ignore", over="ignore"):  # diverged runs: inf mean, nan sem
+        mean = loss.mean("run", skipna=False).compute()
+        sem = (loss.std("run", ddof=1) / math.sqrt(n)).compute() if n > 1 else mean * 0.0
+    k = curves["loss_step"].values
+    layers = []
+    for i, label in enumerate(str(v) for v in curves["optimizer"].values):
+        colour = COLOURS.get(label, _EXTRA[i % len(_EXTRA)])
+        m = mean.isel(optimizer=i).values
+        s = np.nan_to_num(sem.isel(optimizer=i).values, nan=0.0, posinf=0.0)
+        ok = np.isfinite(m) & (m > 0)
+        floor = np.min(m[ok]) * 1e-3 if np.any(ok) else 1e-12
+        m = np.where(np.isfinite(m), m, np.nan)  # a diverged curve ends where it leaves the plot
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.maximum(m - s, floor), m + s
+        layers.append(hv.Area((k, lo, hi), kdims=["step"], vdims=["loss", "loss_hi"], label=label)
+                      .opts(color=colour, alpha=0.25, line_alpha=0))
+        layers.append(hv.Curve((k, m), kdims=["step"], vdims=["loss"], label=label)
+                      .opts(color=colour, line_width=2))
+    title = title or (f"{curves.attrs.get('task', '')}: training loss, mean ± sem over {n} "
+                      f"held-out problems")
+    return hv.Overlay(layers).opts(logy=True, title=title, xlabel="step k", ylabel="loss f(x_k)",
+                                   legend_position="top_right", width=720, height=440)
+
+
+def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare") -> tuple[list[Path], str | None]:
+    """Save ``fig`` as HTML (bokeh) at ``path`` and try a PNG next to it.
+
+    Returns the files written and a note when the PNG could not be made (bokeh's PNG export needs
+    selenium and a browser driver).
+    """
+    import holoviews as hv
+    import holoviews.plotting.bokeh
+
+    path = Path(path)
+    html = path if path.suffix == ".html" else path.with_suffix(".html")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    hv.save(fig, str(html), backend="bokeh", title=title, resources="inline")  # opens offline
+    written, note = [html], None
+    png = html.with_suffix(".png")
+    try:
+        import selenium  # noqa: F401  (bokeh's export_png needs it and a browser)
+
+        hv.save(fig, str(png), backend="bokeh")
+        written.append(png)
+    except Exception as exc:  # noqa: BLE001  (no selenium, no browser driver, ...)
+        note = f"no PNG ({type(exc).__name__}: bokeh's PNG export needs selenium and a browser); wrote HTML only"
+    return written, note
+
+
+def compare(task: Task, entries: list[Entry], seeds: int = 64, seed_base: int = 0,
+            steps: int | None = None, progress: bool = True) -> tuple[xr.Dataset, xr.Dataset]:
+    """Curves and summary on ``seeds`` held-out problems (``test_seeds(seed_base, seeds)``)."""
+    test = seedlib.test_seeds(seed_base, seeds)
+    curves = loss_curves(task, entries, test, steps, progress=progress)
+    return curves, summarize(curves["loss"])

@@ -1,0 +1,473 @@
+"""A self-contained HTML report of a store: analogues of Figs. 1 and 3–7 of the paper, each with
+its caption and key numbers (``lopt-trace report STORE --out report.html [--png DIR]``).
+
+The figures are drawn from the store's ``/analysis/<recipe>`` results (computed and written first
+when missing, unless ``compute=False``) with the same plotting functions as the dashboard. The
+page inlines Bokeh's JavaScript and CSS, so it opens offline. ``png_dir`` also writes each figure
+as a PNG through Bokeh's ``export_png``, which drives a headless Chromium with chromedriver
+(Debian: ``apt-get install chromium chromium-driver``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from lopt_trace.dashboard._common import hv, palette, strings
+from lopt_trace.dashboard.data import RECIPE_ROLES, StoreView, human_bytes
+from lopt_trace.errors import UserError
+
+
+@dataclasses.dataclass
+class Figure:
+    key: str                     # fig1, fig3, ...
+    title: str
+    recipe: str
+    caption: str
+    summary: str = ""            # the recipe's one-line summary
+    numbers: list = dataclasses.field(default_factory=list)  # [(label, value text)]
+    plot: object = None          # a HoloViews object, or None when it could not be drawn
+    problem: str = ""            # why there is no plot
+
+    @property
+    def ok(self) -> bool:
+        return self.plot is not None
+
+
+@dataclasses.dataclass
+class ReportResult:
+    path: str
+    size: int
+    figures: list
+    pngs: list
+    seconds: float
+
+
+# -- figures -----------------------------------------------------------------------------------
+def _fmt(x, digits: int = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return "n/a" if not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _summary(recipe: str, ds) -> str:
+    from lopt_trace import recipes_loader
+
+    try:
+        return recipes_loader.load(recipe).summary(ds)
+    except Exception as exc:  # noqa: BLE001 - a summary is a nicety
+        return f"({recipe} summary unavailable: {type(exc).__name__})"
+
+
+def figure_1(view: StoreView) -> Figure:
+    from lopt_trace.dashboard import overview
+
+    fig = Figure("fig1", "Figure 1 · Performance", "performance",
+                 "Training loss on held-out test problems (seeds never used in meta-training) for "
+                 "every optimizer in the store, mean ± standard error over runs (left), and the "
+                 "meta-objective, the mean over steps of f_k / f_0, lower is better (right). "
+                 "Analogue of the paper's Fig. 1: the learned optimizer against tuned baselines.")
+    data = overview.loss_data(view)
+    plots = [overview.loss_plot(data, logy=True)]
+    if "meta_objective_mean" in data:
+        plots.append(overview.meta_objective_plot(data))
+    mt = overview.meta_train_plot(view)
+    if mt is not None:
+        plots.append(mt)
+        fig.caption += " The meta-training history (meta-loss per iteration) is shown too."
+    fig.plot = hv().Layout(plots).cols(len(plots)).opts(shared_axes=False)
+    for name in strings(data["optimizer"].values):
+        d = data.sel(optimizer=name)
+        text = f"final loss {_fmt(d['final_loss_mean'], 4)} ± {_fmt(d['final_loss_sem'], 2)}"
+        if "meta_objective_mean" in d:
+            text += f"; meta-objective {_fmt(d['meta_objective_mean'], 4)}"
+            if "meta_objective_sem" in d:
+                text += f" ± {_fmt(d['meta_objective_sem'], 2)}"
+        fig.numbers.append((name, text))
+    perf = view.analysis("performance")
+    if perf is not None:
+        fig.summary = _summary("performance", perf)
+    return fig
+
+
+def figure_3(view: StoreView) -> Figure:
+    from lopt_trace.dashboard import linear_dynamics, state_space
+
+    fig = Figure("fig3", "Figure 3 · Momentum", "momentum",
+                 "(a) Optimizer states projected on their first two principal components, coloured "
+                 "by step, with the fixed points of F(θ, h, 0) (red stars) and the initial state "
+                 "(black triangle); inset: total variance of the state across runs at each step. "
+                 "(b) Eigenvalues of the Jacobian ∂F/∂h at the fixed points with the unit circle, "
+                 "coloured by each mode's learning rate α_i. (c) α_i against the momentum timescale "
+                 "β_i = |λ_i|, with the tuned heavy-ball momentum marked. A slow mode with α > 0 "
+                 "is momentum.")
+    mom = view.analysis("momentum")
+    if mom is None:
+        fig.problem = f"no /analysis/momentum; run `{view.command('momentum')}`"
+        return fig
+    name = str(mom.attrs.get("optimizer", view.default_optimizer()))
+    pcs, tv, _src, df, fixed, h0, k = state_space.prepared(view, name)
+    traj = state_space.trajectory_plot(df, "step", "PC 1", "PC 2" if k > 1 else "step", fixed=fixed,
+                                       h0=h0, title=f"(a) {name}: states on PC 1 and 2")
+    m = linear_dynamics.modes_table(mom, 0)
+    a = mom.attrs
+    optimal = (a["optimal_alpha"], a["optimal_beta"]) if "optimal_alpha" in a else None
+    fig.plot = hv().Layout([traj, state_space.variance_plot(tv),
+                            linear_dynamics.eigenvalue_plot(m, "(b) eigenvalues of ∂F/∂h"),
+                            linear_dynamics.alpha_beta_plot(m, linear_dynamics.tuned_momentum(view), optimal,
+                                                            "(c) α_i against β_i")]).cols(2).opts(shared_axes=False)
+    fig.summary = _summary("momentum", mom)
+    fig.numbers = [("optimizer", name), ("momentum mode |λ|", _fmt(a.get("slowest_beta"))),
+                   ("timescale (steps)", _fmt(a.get("slowest_timescale"))),
+                   ("mode learning rate α", _fmt(a.get("slowest_alpha"))),
+                   ("fixed points", str(a.get("n_fixed_points", "?"))),
+                   ("median linearisation error", _fmt(100 * a.get("linearization_error_median", np.nan), 2) + " %")]
+    if "tuned_beta" in a:
+        fig.numbers.append(("tuned momentum β, α", f"{_fmt(a['tuned_beta'])}, {_fmt(a.get('tuned_learning_rate'))}"))
+    if optimal:
+        fig.numbers.append(("optimal heavy ball α*, β*", f"{_fmt(optimal[0])}, {_fmt(optimal[1])}"))
+    return fig
+
+
+def figure_4(view: StoreView) -> Figure:
+    from lopt_trace.dashboard import gradients, update_functions
+
+    fig = Figure("fig4", "Figure 4 · Gradient clipping", "clipping",
+                 "(a) Update functions Δx(g) = readout(θ, F(θ, h, g)) at the initial state (thick) and "
+                 "at states sampled along recorded trajectories (thin), with SGD's update at its "
+                 "tuned learning rate (dotted) and the saturation threshold (red dashed: the update "
+                 "falls 10% below its linear part). (b) Magnitudes of every recorded gradient, with "
+                 "the threshold. Saturation acts like gradient clipping.")
+    clip = view.analysis("clipping")
+    if clip is None:
+        fig.problem = f"no /analysis/clipping; run `{view.command('clipping')}`"
+        return fig
+    h = hv()
+    a = clip.attrs
+    g = clip["g"].values
+    states = strings(clip["state"].values)
+    curves = []
+    for s, colour in zip(states, ["#1f77b4"] + ["#9ecae1"] * (len(states) - 1)):
+        curves.append(h.Curve((g, clip["update_function"].sel(state=s).values), "g", "Δx")
+                      .opts(color=colour, line_width=3 if s == "initial" else 1))
+    lr, _src = update_functions.sgd_learning_rate(view)
+    ys = clip["update_function"].values
+    if lr is not None:
+        curves.append(h.Curve((g, -lr * g), "g", "Δx", label=f"SGD α = {lr:.3g}").opts(
+            color="black", line_dash="dotted"))
+    thr = float(a.get("threshold", np.nan))
+    if np.isfinite(thr):
+        curves += [h.VLine(s * thr).opts(color="red", line_dash="dashed") for s in (-1, 1)]
+    pad = 0.1 * (np.nanmax(ys) - np.nanmin(ys) or 1.0)
+    left = h.Overlay(curves).opts(title=f"(a) update functions of {a.get('optimizer')}", width=520,
+                                  height=380, show_grid=True, ylim=(np.nanmin(ys) - pad, np.nanmax(ys) + pad),
+                                  legend_position="bottom_left")
+    if "gradient_hist" in clip:
+        counts = np.asarray(clip["gradient_hist"].values, dtype=float)[None]
+        right = gradients.histogram_plot(["all tensors"], counts, clip["hist_edges"].values, True, thr,
+                                         title="(b) recorded gradient magnitudes")
+        fig.plot = h.Layout([left, right]).cols(2).opts(shared_axes=False)
+    else:
+        fig.plot = h.Layout([left])
+    fig.summary = _summary("clipping", clip)
+    fig.numbers = [("optimizer", str(a.get("optimizer"))), ("saturation threshold |g|", _fmt(thr)),
+                   ("clip equivalent", _fmt(a.get("clip_equivalent"))),
+                   ("largest |Δx|", _fmt(a.get("update_limit"))),
+                   ("effective learning rate at h0", _fmt(a.get("effective_learning_rate"))),
+                   ("gradients beyond the threshold", _fmt(100 * a.get("fraction_beyond", np.nan), 2) + " %")]
+    return fig
+
+
+def figure_5(view: StoreView) -> Figure:
+    fig = Figure("fig5", "Figure 5 · Learning-rate schedule", "schedule",
+                 "(a) Effective learning rate −∂Δx/∂g along the autonomous trajectory h_{k+1} = "
+                 "F(θ, h_k, 0) started from the initial state: the schedule the optimizer follows "
+                 "with no gradient at all (warm-up, decay); the effective learning rate at the "
+                 "recorded mean state is shown for comparison. (b) The share of that autonomous "
+                 "motion that lies along the readout.")
+    sch = view.analysis("schedule")
+    if sch is None:
+        fig.problem = f"no /analysis/schedule; run `{view.command('schedule')}`"
+        return fig
+    h = hv()
+    curves = [h.Curve((sch["auto_step"].values, sch["auto_effective_learning_rate"].values), "step",
+                      "effective learning rate", label="autonomous (g = 0)").opts(color="green", line_width=2)]
+    if "recorded_effective_learning_rate" in sch:
+        curves.append(h.Curve((sch["step"].values + 1, sch["recorded_effective_learning_rate"].values), "step",
+                              "effective learning rate", label="recorded mean state").opts(color="#1f77b4"))
+    left = h.Overlay(curves).opts(title="(a) learning-rate schedule", width=520, height=360, show_grid=True,
+                                  legend_position="bottom_right")
+    right = h.Curve((sch["auto_step"].values, sch["auto_readout_fraction"].values), "step",
+                    "share along the readout").opts(title="(b) autonomous motion along the readout",
+                                                    width=420, height=360, show_grid=True)
+    fig.plot = h.Layout([left, right]).cols(2).opts(shared_axes=False)
+    a = sch.attrs
+    fig.summary = _summary("schedule", sch)
+    fig.numbers = [("optimizer", str(a.get("optimizer"))), ("η at step 0", _fmt(a.get("eta_start"))),
+                   (f"η at step {a.get('steps', '?')}", _fmt(a.get("eta_end"))),
+                   ("peak η (step)", f"{_fmt(a.get('eta_peak'))} ({a.get('eta_peak_step', '?')})"),
+                   ("share of motion along the readout", _fmt(100 * a.get("readout_fraction", np.nan), 2) + " %")]
+    return fig
+
+
+def figure_6(view: StoreView) -> Figure:
+    fig = Figure("fig6", "Figure 6 · Learning-rate adaptation", "adaptation",
+                 "(a) Fixed points h*(g*) of F(θ, h, g*) as the held gradient g* sweeps the range of "
+                 "recorded gradients on both signs (the S-curve), on the first two principal "
+                 "components of the recorded states; colour is g*. (b) Effective learning rate at "
+                 "those fixed points against |g*| on each arm: an optimizer that adapts its step "
+                 "size lowers it where gradients are large.")
+    ad = view.analysis("adaptation")
+    if ad is None:
+        fig.problem = f"no /analysis/adaptation; run `{view.command('adaptation')}`"
+        return fig
+    h = hv()
+    colours = {"negative": "#1f77b4", "positive": "#d62728"}
+    s_layers, e_layers = [], []
+    for arm in strings(ad["arm"].values):
+        p = ad["projection"].sel(arm=arm)
+        x = p.isel(component=0).values
+        y = p.isel(component=1).values if p.sizes["component"] > 1 else ad["g_star"].sel(arm=arm).values
+        ylabel = "PC 2" if p.sizes["component"] > 1 else "g*"
+        s_layers.append(h.Curve((x, y), "PC 1", ylabel, label=f"g* {arm}").opts(color=colours.get(arm), line_width=2))
+        s_layers.append(h.Points((x, y, ad["g_star"].sel(arm=arm).values), ["PC 1", ylabel], ["g*"]).opts(
+            color="g*", cmap="coolwarm", size=7, colorbar=arm == "positive", tools=["hover"]))
+        e_layers.append(h.Curve((ad["g_abs"].values, ad["effective_learning_rate"].sel(arm=arm).values), "|g*|",
+                                "effective learning rate", label=f"g* {arm}").opts(color=colours.get(arm), line_width=2))
+    left = h.Overlay(s_layers).opts(title="(a) fixed points h*(g*): the S-curve", width=540, height=380,
+                                    show_grid=True, legend_position="top_left")
+    right = h.Overlay(e_layers).opts(title="(b) effective learning rate along the arms", width=480, height=380,
+                                     show_grid=True, legend_position="top_right")
+    fig.plot = h.Layout([left, right]).cols(2).opts(shared_axes=False)
+    a = ad.attrs
+    fig.summary = _summary("adaptation", ad)
+    fig.numbers = [("optimizer", str(a.get("optimizer"))), ("η at g* = 0", _fmt(a.get("eta_zero"))),
+                   (f"η at g* = +{_fmt(a.get('g_max'))}", _fmt(a.get("eta_positive"))),
+                   (f"η at g* = −{_fmt(a.get('g_max'))}", _fmt(a.get("eta_negative"))),
+                   ("solves converged", f"{a.get('converged', '?')}/{a.get('solves', '?')}")]
+    return fig
+
+
+def figure_7(view: StoreView) -> Figure:
+    from lopt_trace.dashboard import gradients
+
+    fig = Figure("fig7", "Figure 7 · Layers and kinds", "layers",
+                 "(a) Mean state trajectory of every tensor (over all of its parameters and the runs) "
+                 "on the first two principal components. (b) Effective learning rate at those mean "
+                 "states over steps. (c) Gradient-magnitude histograms by layer and kind (weight, "
+                 "bias), over every parameter and step. Different tensors sit in different regions "
+                 "of state space, so they get different effective learning rates.")
+    h = hv()
+    lay = view.analysis("layers")
+    plots = []
+    if lay is not None:
+        tensors = strings(lay["tensor"].values)
+        trajs, etas = [], []
+        for t, colour in zip(tensors, palette(len(tensors))):
+            if "tensor_projection" in lay:
+                p = lay["tensor_projection"].sel(tensor=t)
+                y = p.isel(component=1).values if p.sizes["component"] > 1 else lay["step"].values
+                trajs.append(h.Curve((p.isel(component=0).values, y), "PC 1",
+                                     "PC 2" if p.sizes["component"] > 1 else "step", label=t).opts(color=colour))
+            etas.append(h.Curve((lay["step"].values, lay["tensor_effective_learning_rate"].sel(tensor=t).values),
+                                "step", "effective learning rate", label=t).opts(color=colour))
+        if trajs:
+            plots.append(h.Overlay(trajs).opts(title="(a) mean state per tensor", width=480, height=380,
+                                               show_grid=True, show_legend=False))
+        plots.append(h.Overlay(etas).opts(title="(b) effective learning rate per tensor", width=560,
+                                           height=380, show_grid=True, legend_position="right"))
+        a = lay.attrs
+        fig.summary = _summary("layers", lay)
+        fig.numbers = [("optimizer", str(a.get("optimizer")))]
+        fig.numbers += [(f"η at the last step, {k}", _fmt(v)) for k, v in dict(a.get("eta_last_kind", {})).items()]
+        opt_name = str(a.get("optimizer"))
+    else:
+        fig.problem = (f"no /analysis/layers, so no per-tensor trajectories; run "
+                       f"`{view.command('layers')}`")
+        opt_name = view.default_optimizer()
+    if opt_name in view.optimizers and view.has_variable(opt_name, "gradient_hist"):
+        labels, counts, edges = gradients.histograms(view.group(opt_name), "layer & kind")
+        plots.append(gradients.histogram_plot(labels, counts, edges, True, None,
+                                              title=f"(c) |g| by layer and kind ({opt_name})"))
+        med = [(lab, float(np.exp(np.sum(np.log(gradients.bin_centres(edges)) * c) / max(c.sum(), 1))))
+               for lab, c in zip(labels, counts)]
+        fig.numbers += [(f"geometric mean |g|, {lab}", _fmt(v)) for lab, v in med]
+    if plots:
+        fig.plot = h.Layout(plots).cols(2).opts(shared_axes=False)
+    return fig
+
+
+FIGURES = (figure_1, figure_3, figure_4, figure_5, figure_6, figure_7)
+#: recipe behind each figure, in order
+RECIPES = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers")
+
+
+def collect(view: StoreView, compute: bool = True, progress: bool = False) -> list[Figure]:
+    """Compute missing analyses (when ``compute``), then draw every figure."""
+    from tqdm.auto import tqdm
+
+    problems = {}
+    if compute and view.writable:
+        missing = [r for r in RECIPES if view.analysis(r) is None]
+        for recipe in tqdm(missing, desc="analyses", disable=not progress):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    view.compute(recipe)
+            except Exception as exc:  # noqa: BLE001 - the figure says what went wrong
+                problems[recipe] = f"`{view.command(recipe)}` failed: {type(exc).__name__}: {exc}"
+    figs = []
+    for make, recipe in zip(FIGURES, RECIPES):
+        try:
+            fig = make(view)
+        except Exception as exc:  # noqa: BLE001
+            fig = Figure(make.__name__.replace("ure_", ""), make.__name__, recipe, "",
+                         problem=f"could not draw: {type(exc).__name__}: {exc}")
+        if recipe in problems:
+            fig.problem = (fig.problem + "; " if fig.problem else "") + problems[recipe]
+        figs.append(fig)
+    return figs
+
+
+# -- HTML --------------------------------------------------------------------------------------
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
+       max-width: 1150px; color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } .meta { color: #555; font-size: 0.92em; }
+section.figure { border-top: 1px solid #ddd; margin-top: 2em; padding-top: 1em; }
+.caption { font-size: 0.95em; max-width: 1000px; } .summary { font-family: monospace; font-size: 0.88em;
+  background: #f6f8fa; padding: 0.5em 0.8em; border-radius: 4px; white-space: pre-wrap; }
+table.numbers { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
+table.numbers td { border: 1px solid #ddd; padding: 2px 10px; } .missing { color: #9a6700; }
+"""
+
+
+def render_html(view: StoreView, figs: list[Figure], title: str | None = None) -> str:
+    """The report page: Bokeh inlined, one section per figure."""
+    from bokeh.core.templates import CSS_RESOURCES, JS_RESOURCES
+    from bokeh.embed import components
+    from bokeh.embed.bundle import bundle_for_objs_and_resources
+    from bokeh.resources import INLINE
+
+    h = hv()
+    models = {f.key: h.render(f.plot, backend="bokeh") for f in figs if f.ok}
+    script, divs = components(models) if models else ("", {})
+    # only the JavaScript these plots need, inlined (not every extension that happens to be
+    # imported, such as Panel's, whose module shims would be fetched from a server)
+    bundle = bundle_for_objs_and_resources(list(models.values()), INLINE)
+    # every file Bokeh needs is inlined in js_raw/css_raw; js_files would only be fetched
+    resources = (CSS_RESOURCES.render(css_files=[], css_raw=bundle.css_raw)
+                 + JS_RESOURCES.render(js_files=[], js_raw=bundle.js_raw))
+    a = view.attrs
+    title = title or f"lopt-trace report · {a.get('task', '?')}"
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p class='meta'>store <code>{html.escape(view.label)}</code> · task "
+             f"{html.escape(str(a.get('task', '?')))} · optimizers {html.escape(', '.join(view.optimizers))} · "
+             f"{a.get('steps', '?')} steps · store size {human_bytes(view.size_bytes())} · created "
+             f"{html.escape(str(a.get('created', '?')))} · report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
+             "<ul>" + "".join(f"<li><a href='#{f.key}'>{html.escape(f.title)}</a></li>" for f in figs) + "</ul>"]
+    for f in figs:
+        body = [f"<section class='figure' id='{f.key}' data-figure='{f.key}' data-ok='{str(f.ok).lower()}'>",
+                f"<h2>{html.escape(f.title)}</h2>"]
+        if f.ok:
+            body.append(f"<div class='plot'>{divs[f.key]}</div>")
+        if f.problem:
+            body.append(f"<p class='missing'>{html.escape(f.problem)}</p>")
+        body.append(f"<p class='caption'><b>{html.escape(f.title.split(' · ')[0])}.</b> {html.escape(f.caption)}</p>")
+        if f.summary:
+            body.append(f"<p class='summary'>{html.escape(f.summary)}</p>")
+        if f.numbers:
+            body.append("<table class='numbers'>" + "".join(
+                f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in f.numbers)
+                + "</table>")
+        body.append("</section>")
+        parts.append("\n".join(body))
+    roles = "".join(f"<li><code>{r}</code>: {html.escape(t)}</li>" for r, t in RECIPE_ROLES.items())
+    parts.append(f"<section class='figure'><h2>About</h2><p class='caption'>Figures are drawn from the "
+                 f"store's <code>/analysis/&lt;recipe&gt;</code> groups:</p><ul>{roles}</ul></section>")
+    return ("<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+            f"<title>{html.escape(title)}</title>\n<link rel='icon' href='data:,'>\n<style>{STYLE}</style>\n"
+            f"{resources}\n</head>\n"
+            f"<body>\n{''.join(parts)}\n{script}\n</body>\n</html>\n")
+
+
+# -- PNG ---------------------------------------------------------------------------------------
+def chrome_webdriver():
+    """A headless Chromium driven by chromedriver (Debian's packages), for Bokeh's export_png."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        raise UserError("--png needs Chromium and chromedriver; install them with "
+                        "`apt-get install chromium chromium-driver` (Debian/Ubuntu)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        raise UserError("--png needs selenium; install it with `pip install selenium`") from None
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def write_pngs(figs: list[Figure], out_dir, driver=None) -> list[str]:
+    """Each drawn figure as ``out_dir/<key>.png``."""
+    from bokeh.io import export_png
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    own = driver is None
+    driver = driver or chrome_webdriver()
+    written = []
+    try:
+        h = hv()
+        for f in figs:
+            if not f.ok:
+                continue
+            path = out_dir / f"{f.key}.png"
+            export_png(h.render(f.plot, backend="bokeh"), filename=str(path), webdriver=driver)
+            written.append(str(path))
+    finally:
+        if own:
+            driver.quit()
+    return written
+
+
+def write_report(store, out, png_dir=None, compute: bool = True, overwrite: bool = False,
+                 progress: bool = False, title: str | None = None) -> ReportResult:
+    """Write the HTML report of ``store`` to ``out`` (and PNGs to ``png_dir``)."""
+    from lopt_trace.zarr_io import exists
+
+    started = time.perf_counter()
+    store_path = os.fspath(store) if not hasattr(store, "subtree") else None
+    if store_path is not None and not exists(store_path):
+        raise UserError(f"no store at {store_path}; record one with `lopt-trace record --task TASK`")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    if png_dir is not None:
+        chrome_webdriver().quit()  # fail before the (long) analyses when PNGs cannot be made
+    view = StoreView(store)
+    figs = collect(view, compute=compute, progress=progress)
+    page = render_html(view, figs, title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    pngs = write_pngs(figs, png_dir) if png_dir is not None else []
+    return ReportResult(str(out), out.stat().st_size, figs, pngs, time.perf_counter() - started)
+
+
+__all__ = ["write_report", "collect", "render_html", "write_pngs", "chrome_webdriver", "Figure",
+           "ReportResult", "FIGURES"]

@@ -1,0 +1,129 @@
+"""Small schema-v1 stores for the dashboard and report tests (built once per test session).
+
+- ``full_store()``: two moons (an MLP: weights and biases in four layers), a small GRU as
+  ``learned`` plus SGD and momentum, every recipe's ``/analysis/*`` group computed with cheap
+  parameters.
+- ``baselines_store()``: the same recording without the learned optimizer, and no analysis.
+
+The stores are written by the analysis tests' builder (``tests/_stores.py``), which follows
+schema v1; the analyses are the real recipes, loaded through :mod:`lopt_trace.recipes_loader`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+import warnings
+
+import jax
+import numpy as np
+import xarray as xr
+from _stores import build_tree
+
+from lopt_trace.zarr_io import COMPRESSORS, ZARR_FORMAT, quiet_zarr_writes, remove
+
+#: cheap parameters for each recipe (the tests check the dashboard, not the analyses)
+CHEAP = {
+    "performance": {},
+    "momentum": {"n_starts": 16, "max_iter": 40, "n_error": 64},
+    "clipping": {"n_states": 3, "num": 401, "curve_points": 81},
+    "schedule": {},
+    "adaptation": {"num": 11, "max_iter": 60},
+    "layers": {},
+}
+
+_TMP = None
+
+
+def tmpdir() -> str:
+    global _TMP
+    if _TMP is None:
+        _TMP = tempfile.mkdtemp(prefix="lopt-trace-dashboard-tests-")
+        atexit.register(shutil.rmtree, _TMP, True)
+    return _TMP
+
+
+def _task():
+    from lopt_trace.tasks import get_task
+
+    return get_task("two_moons", steps=16, n_samples=128)
+
+
+def _learned():
+    from lopt_trace.optimizers import LearnedGRU
+
+    gru = LearnedGRU(units=6, output_scale=0.05)
+    theta = gru.init_theta(jax.random.PRNGKey(3))
+    theta = {**theta, "readout": -jax.random.uniform(jax.random.PRNGKey(4), (6,)) * theta["W_h"],
+             "b_h": 0.3 * jax.random.normal(jax.random.PRNGKey(5), (6,))}
+    return gru, theta
+
+
+def run_recipes(path: str, names=None) -> dict:
+    """Run the recipes (cheap parameters) into the store; returns {recipe: error text} for the
+    ones that failed (the dashboard must cope with a missing group either way)."""
+    from lopt_trace import recipes_loader
+
+    failed = {}
+    for name in names or recipes_loader.available():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                recipes_loader.load(name).run(path, **CHEAP.get(name, {}))
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return failed
+
+
+@functools.lru_cache(maxsize=None)
+def _tree() -> xr.DataTree:
+    """Two moons, 3 runs of 16 steps (every 2nd kept, 6 parameters per tensor): learned, sgd and
+    momentum (computed once per session)."""
+    from lopt_trace.optimizers import make_optimizer
+
+    opts = {"learned": _learned()}
+    for name in ("sgd", "momentum"):
+        opts[name] = (make_optimizer(name), make_optimizer(name).init_theta())
+    return build_tree(_task(), opts, runs=3, every=2, params_per_tensor=6)
+
+
+def write(tree: xr.DataTree, path) -> str:
+    """Write ``tree`` as a store, completed with what the recorder's validator also requires
+    (``run_complete``), zstd-compressed with consolidated metadata."""
+    nodes = {node.path: node.to_dataset(inherit=False) for node in tree.subtree}
+    for key, ds in nodes.items():
+        if key.count("/") == 2 and key.startswith("/runs/") and "run_complete" not in ds:
+            ds["run_complete"] = xr.DataArray(np.ones(ds.sizes["run"], dtype=bool), dims="run",
+                                              attrs={"long_name": "whether the run was recorded to the end",
+                                                     "units": "1"})
+    remove(path)
+    enc = {key: {name: {"compressors": COMPRESSORS} for name in ds.variables} for key, ds in nodes.items()}
+    with quiet_zarr_writes():
+        xr.DataTree.from_dict(nodes).to_zarr(str(path), mode="w-", zarr_format=ZARR_FORMAT,
+                                             consolidated=True, encoding=enc)
+    return str(path)
+
+
+def without(tree: xr.DataTree, drop: list[str]) -> xr.DataTree:
+    """The same store without the optimizer groups ``drop`` (as if they had not been recorded)."""
+    nodes = {node.path: node.to_dataset(inherit=False) for node in tree.subtree
+             if not any(node.path == f"/runs/{d}" or node.path.startswith(f"/runs/{d}/") for d in drop)}
+    root = nodes["/"]
+    root.attrs = {**root.attrs, "optimizers": [n for n in root.attrs["optimizers"] if n not in drop]}
+    return xr.DataTree.from_dict(nodes)
+
+
+@functools.lru_cache(maxsize=None)
+def full_store(path: str | None = None) -> str:
+    """learned + sgd + momentum, with every recipe's result (cheap parameters)."""
+    path = write(_tree(), path or f"{tmpdir()}/full.zarr")
+    full_store.failed = run_recipes(path)
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def baselines_store(path: str | None = None) -> str:
+    """sgd + momentum only (no learned optimizer), and no /analysis."""
+    return write(without(_tree(), ["learned"]), path or f"{tmpdir()}/baselines.zarr")

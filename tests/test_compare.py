@@ -1,0 +1,192 @@
+"""Tests for lopt_trace.compare and `lopt-trace compare`."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+from lopt_trace import seeds as seedlib
+from lopt_trace.cli import main
+from lopt_trace.compare import (
+    figure,
+    format_table,
+    loss_curves,
+    margins,
+    paired_margins,
+    resolve,
+    save_figure,
+    summarize,
+)
+from lopt_trace.errors import UserError
+from lopt_trace.optimizers import LearnedGRU, make_optimizer
+from lopt_trace.optimizers.io import save_optimizer
+from lopt_trace.tasks import get_task
+from lopt_trace.unroll import loss_curve, meta_objective
+
+STEPS = 20
+TUNED = {"task": "linear_regression", "optimizers": {
+    "sgd": {"theta": {"learning_rate": 0.5}, "objective": 0.2, "samples": 1, "problems": 1},
+    "momentum": {"theta": {"learning_rate": 0.3, "beta": 0.8}, "objective": 0.1, "samples": 1, "problems": 1},
+}}
+
+
+@pytest.fixture
+def tuned_file(tmp_path):
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(TUNED))
+    return path
+
+
+@pytest.fixture
+def learned_file(tmp_path):
+    task = get_task("linear_regression")
+    opt = LearnedGRU(units=4, input_scale=1.0, output_scale=0.1)
+    path = tmp_path / "learned.zarr"
+    save_optimizer(path, opt, opt.init_theta(jax.random.PRNGKey(0)), task=task.config())
+    return path
+
+
+def _one_at_a_time(task, opt):
+    return jax.jit(lambda theta, problem: loss_curve(task, opt, theta, problem, STEPS))
+
+
+def test_table_equals_direct_computation(tuned_file):
+    task = get_task("linear_regression", steps=STEPS)
+    entries, notes = resolve("linear_regression", ["sgd", "momentum"], tuned_file=str(tuned_file))
+    assert [e.source for e in entries] == ["tuned", "tuned"] and notes == []
+    seeds = seedlib.test_seeds(0, 6)
+    curves = loss_curves(task, entries, seeds, batch=4, progress=False)  # 2 batches, one short
+    assert curves["loss"].dims == ("optimizer", "run", "loss_step")
+    assert curves["loss"].shape == (2, 6, STEPS + 1)
+    summary = summarize(curves["loss"])
+
+    for i, (name, entry) in enumerate(zip(["sgd", "momentum"], TUNED["optimizers"].values())):
+        opt = make_optimizer(name)
+        theta = {k: jnp.float32(v) for k, v in entry["theta"].items()}
+        one = _one_at_a_time(task, opt)
+        direct = np.stack([np.asarray(one(theta, task.sample(jax.random.PRNGKey(int(s))))) for s in seeds])
+        np.testing.assert_allclose(curves["loss"].values[i], direct, rtol=1e-6)
+        meta = np.asarray(meta_objective(jnp.asarray(direct)), np.float64)
+        final = direct[:, -1].astype(np.float64)
+        row = summary.isel(optimizer=i)
+        np.testing.assert_allclose(row["meta_objective_mean"], meta.mean(), rtol=1e-5)
+        np.testing.assert_allclose(row["meta_objective_sem"], meta.std(ddof=1) / math.sqrt(6), rtol=1e-4)
+        np.testing.assert_allclose(row["final_loss_mean"], final.mean(), rtol=1e-5)
+        np.testing.assert_allclose(row["final_loss_sem"], final.std(ddof=1) / math.sqrt(6), rtol=1e-4)
+
+    table = format_table(summary)
+    assert table.splitlines()[0].split()[:2] == ["optimizer", "source"]
+    m = summary["meta_objective_mean"].values
+    assert f"{m[0]:.4g}" in table and f"{m[1]:.4g}" in table
+    best = ["sgd", "momentum"][int(np.argmin(m))]
+    assert f"{best}*" in table
+    # margins: (baseline − reference) / combined sem
+    gap = margins(summary, reference="sgd")["momentum"]
+    s = summary["meta_objective_sem"].values
+    assert gap == pytest.approx((m[1] - m[0]) / math.hypot(s[0], s[1]))
+
+
+def test_summarize_works_lazily_and_marks_divergence():
+    loss = xr.DataArray(np.array([[[1.0, 0.5, 0.25], [2.0, 1.0, 1.0]],
+                                  [[1.0, np.nan, 0.5], [1.0, 0.5, np.nan]]]),
+                        dims=("optimizer", "run", "loss_step"),
+                        coords={"optimizer": ["a", "b"]}).chunk({"run": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = summarize(loss).compute()
+    np.testing.assert_allclose(summary["meta_objective_mean"].sel(optimizer="a"), (0.375 + 0.5) / 2)
+    np.testing.assert_allclose(summary["meta_objective_sem"].sel(optimizer="a"),
+                               np.std([0.375, 0.5], ddof=1) / math.sqrt(2))
+    assert np.isinf(summary["meta_objective_mean"].sel(optimizer="b"))
+    assert np.isnan(summary["meta_objective_sem"].sel(optimizer="b"))
+    assert np.isnan(summary["final_loss_mean"].sel(optimizer="b"))  # a NaN run is not skipped
+    assert "inf" in format_table(summary)
+
+
+def test_paired_margins():
+    base = np.linspace(1.0, 2.0, 8)
+    ref = np.stack([np.full(8, 1.0), base * 0.5, base * 0.5], -1)       # meta = 0.5·base
+    other = np.stack([np.full(8, 1.0), base * 0.6, base * 0.6 + 0.01 * np.arange(8)], -1)
+    loss = xr.DataArray(np.stack([ref, other]), dims=("optimizer", "run", "loss_step"),
+                        coords={"optimizer": ["learned", "adam"]})
+    d = (other[:, 1:].mean(-1) - ref[:, 1:].mean(-1))
+    assert paired_margins(loss)["adam"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(8)))
+    assert paired_margins(loss, reference="sgd") == {}
+
+
+def test_resolve_skips_or_fails(tmp_path, tuned_file, learned_file):
+    # default set: nothing bundled in an empty data file -> skipped with notes
+    entries, notes = resolve("linear_regression", learned=None, tuned_file=str(tmp_path / "none.json"),
+                             untuned=True)
+    assert [e.source for e in entries if e.label != "learned"] == ["default"] * 3
+    entries, notes = resolve("linear_regression", tuned_file=str(tuned_file), learned=str(learned_file))
+    assert [e.label for e in entries] == ["learned", "momentum"]
+    assert entries[0].source == str(learned_file)
+    assert any("rmsprop" in n and "skipped" in n for n in notes)
+    # explicitly asked for: missing means an error, not a note
+    with pytest.raises(UserError, match="no tuned adam"):
+        resolve("linear_regression", ["adam"], tuned_file=str(tuned_file))
+    with pytest.raises(UserError, match="no optimizer file"):
+        resolve("linear_regression", ["learned"], learned=str(tmp_path / "missing.zarr"))
+    with pytest.raises(UserError, match="meta-trained on"):
+        resolve("rosenbrock", ["learned"], learned=str(learned_file))
+
+
+def test_figure_saves_html(tmp_path, tuned_file):
+    task = get_task("linear_regression", steps=STEPS)
+    entries, _ = resolve("linear_regression", ["sgd", "momentum"], tuned_file=str(tuned_file))
+    curves = loss_curves(task, entries, seedlib.test_seeds(0, 3), progress=False)
+    written, note = save_figure(figure(curves), tmp_path / "fig.html")
+    html = (tmp_path / "fig.html").read_text()
+    assert written[0] == tmp_path / "fig.html" and "Bokeh" in html and "momentum" in html
+    assert (note is None) == (len(written) == 2)
+
+
+def test_cli_compare(tmp_path, tuned_file, learned_file, capsys):
+    plot, store = tmp_path / "fig.html", tmp_path / "c.zarr"
+    argv = ["compare", "--task", "linear_regression", "--seeds", "4", "--steps", str(STEPS),
+            "--learned", str(learned_file), "--tuned", str(tuned_file), "--out", str(plot),
+            "--save", str(store), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "learned" in out and "momentum" in out and "note: no tuned rmsprop" in out
+    assert "mean ± sem over 4 held-out problems" in out and plot.exists()
+    tree = xr.open_datatree(store, engine="zarr")
+    curves = tree["curves"].to_dataset()
+    assert list(curves["optimizer"].values) == ["learned", "momentum"]
+    assert list(curves["run"].values) == list(seedlib.test_seeds(0, 4))
+    # numbers printed are the stored summary's
+    m = tree["summary"].to_dataset()["meta_objective_mean"].values
+    assert f"{m[1]:.4g}" in out
+    # existing plot is refused in one line
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["compare", "--task", "linear_regression", "--optimizer", "lion"], "unknown optimizer"),
+    (["compare", "--task", "linear_regression", "--seeds", "0"], "positive integer"),
+    (["compare", "--task", "nope"], "unknown task"),
+])
+def test_cli_bad_arguments(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_cli_missing_explicit_learned_exits_2(tmp_path, tuned_file, capsys):
+    code = main(["compare", "--task", "linear_regression", "--optimizer", "learned", "momentum",
+                 "--learned", str(tmp_path / "nope.zarr"), "--tuned", str(tuned_file), "--no-plot"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no optimizer file" in err and err.count("\n") == 1

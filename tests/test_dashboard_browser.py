@@ -1,0 +1,227 @@
+"""The dashboard and the HTML report in a real browser: Debian's headless Chromium driven by
+playwright (``executable_path``; no browser download). Screenshots of every tab go to
+``test-artifacts/``.
+
+Skipped when Chromium or playwright is missing, except under CI (``CI`` set), where .ci/run
+installs Chromium and a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from _dashboard_stores import full_store
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TABS = ("Overview", "State space", "Update functions", "Linear dynamics", "Gradients")
+#: Bokeh plots each tab must show (the full store has every analysis)
+PLOTS = {"Overview": 2, "State space": 3, "Update functions": 2, "Linear dynamics": 2, "Gradients": 2}
+
+# All <canvas> elements of visible Bokeh plots, through open shadow roots: size and the share of
+# sampled pixels that are neither transparent nor white.
+CANVASES = """() => {
+  const found = [];
+  const walk = (root) => {
+    for (const el of root.querySelectorAll('*')) {
+      if (el.tagName === 'CANVAS') found.push(el);
+      if (el.shadowRoot) walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return found.filter(c => c.width > 100 && c.height > 100 && c.checkVisibility()
+                      && c.getBoundingClientRect().width > 0).map(c => {
+    const ctx = c.getContext('2d', {willReadFrequently: true});
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    let ink = 0, n = 0;
+    for (let i = 0; i < d.length; i += 4 * 31) {
+      n++;
+      if (d[i + 3] > 0 && !(d[i] > 240 && d[i + 1] > 240 && d[i + 2] > 240)) ink++;
+    }
+    return {w: c.width, h: c.height, ink: ink / n, hash: c.toDataURL().length + ':' + c.toDataURL().slice(-200)};
+  });
+}"""
+# Bokeh draws each plot on a primary canvas (with ink) plus an overlay canvas (empty until a tool
+# draws): a plot counts when its primary canvas has ink.
+
+
+def _chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        exe = None
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium or playwright is missing in CI: .ci/run installs chromium; "
+                        "pip install '.[test]' installs playwright")
+        pytest.skip("needs Debian's chromium (apt-get install chromium) and playwright")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    store = full_store()
+    port = _free_port()
+    log = open(ARTIFACTS.joinpath("dashboard-server.log") if ARTIFACTS.mkdir(exist_ok=True) is None
+               else os.devnull, "w")
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "lopt_trace.cli", "dashboard", store, "--port", str(port),
+                             "--address", "127.0.0.1", "--no-show"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                raise AssertionError(f"the dashboard exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the dashboard did not answer within 2 minutes")
+        yield url, time.perf_counter() - started
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _watch(page):
+    errors = []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    return errors
+
+
+def _plots(page, expected: int, timeout: float = 60.0):
+    """Wait until at least ``expected`` visible canvases have ink; return them."""
+    deadline = time.time() + timeout
+    while True:
+        canv = page.evaluate(CANVASES)
+        inked = [c for c in canv if c["ink"] > 0.002]
+        if len(inked) >= expected or time.time() > deadline:
+            return canv, inked
+        page.wait_for_timeout(300)
+
+
+def _click_tab(page, title):
+    page.locator(".bk-tab", has_text=title).first.click()
+
+
+def test_every_tab_renders_its_plots(browser, server):
+    url, ready = server
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors = _watch(page)
+    t0 = time.perf_counter()
+    page.goto(url)
+    canv, inked = _plots(page, PLOTS["Overview"])
+    opened = time.perf_counter() - t0
+    print(f"\ndashboard: server ready {ready:.1f} s after start; Overview plots drawn {opened:.1f} s after load")
+    for title in TABS:
+        if title != "Overview":
+            _click_tab(page, title)
+            page.wait_for_timeout(300)
+            canv, inked = _plots(page, PLOTS[title])
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-{title.lower().replace(' ', '-')}.png"), full_page=True)
+        assert canv, f"{title}: no Bokeh canvas"
+        assert len(inked) >= PLOTS[title], f"{title}: {len(inked)} non-blank plots of {PLOTS[title]}: {canv}"
+        assert not errors, f"{title}: {errors}"
+    page.close()
+
+
+def test_a_widget_change_updates_a_plot(browser, server):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    errors = _watch(page)
+    page.goto(url)
+    _click_tab(page, "Gradients")
+    _, before = _plots(page, PLOTS["Gradients"])
+    page.locator(".bk-btn", has_text="kind").first.click()  # group the histograms by kind
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        page.wait_for_timeout(300)
+        _, after = _plots(page, PLOTS["Gradients"])
+        if [c["hash"] for c in after] != [c["hash"] for c in before]:
+            break
+    assert [c["hash"] for c in after] != [c["hash"] for c in before], "the histogram did not change"
+    page.screenshot(path=str(ARTIFACTS / "dashboard-gradients-by-kind.png"), full_page=True)
+    # Overview: switching the loss axis from log to linear redraws the loss curves
+    _click_tab(page, "Overview")
+    _, before = _plots(page, PLOTS["Overview"])
+    page.get_by_text("log loss axis").first.click()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        page.wait_for_timeout(300)
+        _, after = _plots(page, PLOTS["Overview"])
+        if sorted(c["hash"] for c in after) != sorted(c["hash"] for c in before):
+            break
+    assert sorted(c["hash"] for c in after) != sorted(c["hash"] for c in before), "the loss plot did not change"
+    assert not errors, errors
+    page.close()
+
+
+def test_the_report_opens_offline_with_every_figure(browser):
+    from lopt_trace.report import FIGURES, write_report
+
+    out = ARTIFACTS / "report.html"
+    pngs = ARTIFACTS / "report-png"
+    shutil.rmtree(pngs, ignore_errors=True)
+    png_dir = pngs if shutil.which("chromedriver") else None
+    res = write_report(full_store(), out, png_dir=png_dir, compute=False, overwrite=True)
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors = _watch(page)
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(out.as_uri())
+    figures = page.locator("section.figure[data-figure]")
+    assert figures.count() == len(FIGURES)
+    _, inked = _plots(page, 1)
+    for i in range(figures.count()):
+        fig = figures.nth(i)
+        fig.scroll_into_view_if_needed()
+        assert fig.get_attribute("data-ok") == "true", fig.inner_text()[:300]
+        assert fig.locator(".caption").inner_text().strip()
+        assert fig.locator("table.numbers tr").count() >= 1
+    _, inked = _plots(page, len(FIGURES) * 2)
+    assert len(inked) >= len(FIGURES) * 2, f"{len(inked)} drawn canvases"
+    page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=False)
+    assert not [u for u in requests if not u.startswith(("file:", "data:", "blob:"))], requests
+    assert not errors, errors
+    if png_dir is not None:
+        assert [Path(p).name for p in res.pngs] == [f"{f.key}.png" for f in res.figures]
+        for p in res.pngs:
+            head = Path(p).read_bytes()[:8]
+            assert head == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size > 10_000
+    page.close()
