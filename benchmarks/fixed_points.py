@@ -38,7 +38,7 @@ def bench(gru, theta, starts, method, max_iter, **kw):
     g = jnp.zeros(1)
     jax.block_until_ready(solve(starts, g))  # compile
     t = time.perf_counter()
-    h, q, conv, it = jax.block_until_ready(solve(starts, g))
+    _h, _q, conv, it = jax.block_until_ready(solve(starts, g))
     dt = time.perf_counter() - t
     return float(np.mean(conv)), float(np.median(it)), int(np.max(it)), dt
 

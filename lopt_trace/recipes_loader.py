@@ -78,4 +78,4 @@ def load(name: str) -> types.ModuleType:
     return module
 
 
-__all__ = ["recipes_dir", "available", "load", "ORDER"]
+__all__ = ["ORDER", "available", "load", "recipes_dir"]

@@ -24,6 +24,7 @@ A second recorder on the same store is refused by :class:`lopt_trace.store.Store
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import queue
@@ -69,12 +70,15 @@ CHUNK_BYTES = 4 * 2**20
 CHUNK_RUNS = 4
 
 #: Tasks whose steps XLA's CPU backend runs slowly inside a ``while`` loop (a ``lax.scan``) or
-#: under ``vmap``: the weight gradients of MNIST's convolutions lose the fast convolution kernel in
-#: a loop body (about 10x slower), and vmapping over runs turns them into grouped convolutions
-#: (about 3x slower per run). On the CPU these tasks run one run at a time with the block's scan
-#: fully unrolled (``UNROLL_STEPS`` inner steps per block).
+#: under ``vmap``: the weight gradients of MNIST's convolutions (``dim_labels=f01b_i01o->01bf``)
+#: are rewritten into the fast Eigen form only outside loop bodies, so in a scan they run as a
+#: naive loop (about 10x slower, jax 0.10 / XLA CPU), and vmapping over runs turns them into grouped
+#: convolutions (about 3x slower per run). On the CPU these tasks run one run at a time with the
+#: block fully unrolled: one flat scan over ``UNROLL_STEPS`` inner steps, no nested scan.
 CPU_UNROLL_TASKS = ("mnist",)
 UNROLL_STEPS = 8
+#: above this --every the unrolled block (``every`` steps) would take too long to compile
+MAX_UNROLL_EVERY = 32
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -306,11 +310,12 @@ class Layout:
 def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_units: int) -> Plan:
     """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES."""
     n_rec = -(-steps // cfg.every)
-    if jax.default_backend() == "cpu" and task.name in CPU_UNROLL_TASKS:
+    slow_loops = jax.default_backend() == "cpu" and task.name in CPU_UNROLL_TASKS
+    if slow_loops and cfg.every <= MAX_UNROLL_EVERY:
         run_batch, unroll = 1, True
         block = max(1, UNROLL_STEPS // cfg.every)
-    else:
-        run_batch, unroll = min(cfg.runs, 4), False
+    else:  # (a very large --every on such a task: loops rather than a huge unrolled program)
+        run_batch, unroll = (1 if slow_loops else min(cfg.runs, 4)), False
         isz = np.dtype(cfg.dtype).itemsize
         per_record = run_batch * (n_params * (2 + max_units) * isz
                                   + len(task.tensors) * (max_units + 1) * 4 + cfg.every * 4)
@@ -476,7 +481,13 @@ def make_block_fn(layout: Layout, opt: ComponentwiseOptimizer):
     """``block(theta, data, state) -> (state, hist_counts, outputs, losses)``, jitted and vmapped over
     runs. One block is ``plan.block_records`` records of ``every`` steps; steps at or past K are
     masked (the state does not move and nothing is counted), so every block has the same shape."""
-    task, K, E = layout.task, layout.steps, layout.every
+    key = ("block", *_task_key(layout.task), repr(opt.config()),
+           layout.every, layout.plan, layout.cfg.dtype, hash(layout.flat_index.tobytes()))
+    return _cached(key, lambda: _block_fn(layout, opt))
+
+
+def _block_fn(layout: Layout, opt: ComponentwiseOptimizer):
+    task, E = layout.task, layout.every
     n_rec, unroll = layout.plan.block_records, layout.plan.unroll
     sub = jnp.asarray(layout.flat_index, dtype=jnp.int32)
     seg = task.tensor_index()
@@ -484,7 +495,7 @@ def make_block_fn(layout: Layout, opt: ComponentwiseOptimizer):
     sizes = jnp.asarray([t.size for t in task.tensors], dtype=jnp.float32)
     out_dtype = jnp.dtype(layout.cfg.dtype)
 
-    def step(theta, data, s: InnerState):
+    def step(theta, data, s: InnerState, K):
         valid = s.step < K
         s1, rec = inner_step(task, opt, theta, data, s)
         s1 = jax.tree.map(lambda a, b: jnp.where(valid, a, b), s1, s)
@@ -499,35 +510,35 @@ def make_block_fn(layout: Layout, opt: ComponentwiseOptimizer):
             "gradient_abs_mean": jax.ops.segment_sum(jnp.abs(rec.gradient), seg, num_segments=n_t) / sizes,
         }
 
-    def record(theta, data, carry, _):
+    def record(theta, data, K, carry, _):
         s, counts = carry
-        s, rec, valid = step(theta, data, s)
+        s, rec, valid = step(theta, data, s, K)
         counts = counts + _hist(rec.gradient, valid, seg, n_t)
         out = outputs(rec)
         losses = rec.loss[None]
         if E > 1:
             def rest(c, _):
                 s, counts = c
-                s, r, v = step(theta, data, s)
+                s, r, v = step(theta, data, s, K)
                 return (s, counts + _hist(r.gradient, v, seg, n_t)), r.loss
 
             (s, counts), more = jax.lax.scan(rest, (s, counts), None, length=E - 1, unroll=unroll)
             losses = jnp.concatenate([losses, more])
         return (s, counts), (out, losses)
 
-    def block(theta, data, s):
+    def block(theta, data, s, K):
         counts = jnp.zeros((n_t, HIST_BINS), jnp.int32)
         (s, counts), (outs, losses) = jax.lax.scan(
-            lambda c, x: record(theta, data, c, x), (s, counts), None, length=n_rec, unroll=unroll)
+            lambda c, x: record(theta, data, K, c, x), (s, counts), None, length=n_rec, unroll=unroll)
         return s, counts, outs, losses.reshape(-1)
 
-    def flat_block(theta, data, s):
+    def flat_block(theta, data, s, K):
         # one fully unrolled scan over all the block's steps, every step's record computed and
         # every E-th kept (blocks are a few steps, so this costs little; nested scans keep the
         # slow convolutions, see CPU_UNROLL_TASKS)
         def one(carry, _):
             s, counts = carry
-            s, rec, valid = step(theta, data, s)
+            s, rec, valid = step(theta, data, s, K)
             return (s, counts + _hist(rec.gradient, valid, seg, n_t)), (outputs(rec), rec.loss)
 
         counts = jnp.zeros((n_t, HIST_BINS), jnp.int32)
@@ -535,7 +546,44 @@ def make_block_fn(layout: Layout, opt: ComponentwiseOptimizer):
                                                    unroll=True)
         return s, counts, jax.tree.map(lambda a: a[::E], outs), losses
 
-    return jax.jit(jax.vmap(flat_block if unroll else block, in_axes=(None, 0, 0)))
+    return jax.jit(jax.vmap(flat_block if unroll else block, in_axes=(None, 0, 0, None)))
+
+
+def _task_key(task: Task) -> tuple:
+    """What identifies a task's compiled functions (its horizon is an argument, not a constant)."""
+    return type(task).__name__, repr({k: v for k, v in task.config().items() if k != "steps"})
+
+
+def _sample_fn(task):
+    return jax.jit(jax.vmap(task.sample))
+
+
+def _init_fn(task, opt):
+    return jax.jit(jax.vmap(lambda th, p: init_inner(task, opt, th, p), in_axes=(None, 0)))
+
+
+def _final_fn(task):
+    return jax.jit(jax.vmap(lambda d, s: task.flat_loss(d, s.x, s.step)))
+
+
+#: jitted functions, reused across recordings with the same task, optimizer and layout
+_CACHE: "collections.OrderedDict" = None  # type: ignore[assignment]
+_CACHE_SIZE = 16
+
+
+def _cached(key, build):
+    import collections
+
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = collections.OrderedDict()
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    fn = _CACHE[key] = build()
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return fn
 
 
 # -- the writer ----------------------------------------------------------------------------------------------
@@ -631,6 +679,33 @@ class _Stop(Exception):
     pass
 
 
+_MALLOC_BOUNDED = False
+
+
+def bound_malloc_growth(threshold: int = 128 << 10) -> None:
+    """Serve allocations of ``threshold`` bytes and more with mmap, so freed blocks go back to the
+    system at once (glibc only; elsewhere nothing happens).
+
+    glibc raises its mmap threshold dynamically up to 32 MB as large arrays are freed; afterwards
+    block-sized arrays come from the heap, and with a writer thread the heap fragments, so a
+    long recording's resident memory creeps up by a few percent of the data written (measured:
+    +80 MB per 4x steps on two_moons). A fixed threshold keeps the peak flat. Called by
+    :func:`record`; it affects only how large allocations are served in this process.
+    """
+    global _MALLOC_BOUNDED
+    if _MALLOC_BOUNDED:
+        return
+    _MALLOC_BOUNDED = True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD (also turns off the dynamic raise)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _check_resume(out: str, layout: Layout, entries: list[OptimizerEntry]) -> tuple[Plan, dict]:
     """Open an existing store for --resume; check it matches; return its plan and completion."""
     try:
@@ -670,6 +745,7 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
     """
     start = time.perf_counter()
     out = str(out)
+    bound_malloc_growth()
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
     if not entries:
@@ -729,7 +805,9 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
     todo = [(e, g) for e in entries for g in groups if not done[e.name][g[0]:g[1]].all()]
     bar = tqdm(total=sum(g[1] - g[0] for _, g in todo) * K, disable=not progress, unit="step",
                desc=f"record {task.name}")
-    sample = jax.jit(jax.vmap(task.sample))
+    tkey = _task_key(task)
+    sample = _cached(("sample", *tkey), functools.partial(_sample_fn, task))
+    steps_arg = jnp.asarray(K, dtype=jnp.int32)
     writer = _Writer(out)
     writer.start()
     blocks = 0
@@ -741,8 +819,9 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
             opt = entry.optimizer
             theta = jax.tree.map(jnp.asarray, entry.theta)
             block_fn = make_block_fn(layout, opt)
-            init = jax.jit(jax.vmap(lambda th, p: init_inner(task, opt, th, p), in_axes=(None, 0)))
-            final_loss = jax.jit(jax.vmap(lambda d, s: task.flat_loss(d, s.x, s.step)))
+            okey = (*tkey, repr(opt.config()))
+            init = _cached(("init", *okey), functools.partial(_init_fn, task, opt))
+            final_loss = _cached(("final", *tkey), functools.partial(_final_fn, task))
             for r0, r1 in mine:
                 bar.set_postfix_str(f"{entry.name}, runs {r0}-{r1 - 1}")
                 n_valid = r1 - r0
@@ -752,7 +831,7 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
                 hist = np.zeros((n_valid, len(task.tensors), HIST_BINS), np.int64)
                 pending = None
                 for b in range(layout.n_blocks):
-                    state, counts, outs, losses = block_fn(theta, problems.data, state)
+                    state, counts, outs, losses = block_fn(theta, problems.data, state, steps_arg)
                     if pending is not None:
                         hist += _emit(writer, entry.name, layout, pending, r0, n_valid)
                         blocks += 1

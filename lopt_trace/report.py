@@ -376,7 +376,8 @@ def render_html(view: StoreView, figs: list[Figure], title: str | None = None) -
              f"{html.escape(str(a.get('created', '?')))} · report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
              "<ul>" + "".join(f"<li><a href='#{f.key}'>{html.escape(f.title)}</a></li>" for f in figs) + "</ul>"]
     for f in figs:
-        body = [f"<section class='figure' id='{f.key}' data-figure='{f.key}' data-ok='{str(f.ok).lower()}'>",
+        body = [f"<section class='figure lopt-{f.key}' id='{f.key}' data-figure='{f.key}' "
+                f"data-ok='{str(f.ok).lower()}'>",
                 f"<h2>{html.escape(f.title)}</h2>"]
         if f.ok:
             body.append(f"<div class='plot'>{divs[f.key]}</div>")

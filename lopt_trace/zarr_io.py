@@ -69,7 +69,8 @@ def encoding_for(tree: xr.DataTree) -> dict:
     """zstd compression for every variable in every group."""
     enc = {}
     for node in tree.subtree:
-        enc[node.path] = {name: {"compressors": COMPRESSORS} for name in node.ds.variables}
+        own = node.to_dataset(inherit=False).variables  # not the coordinates a parent holds
+        enc[node.path] = {name: {"compressors": COMPRESSORS} for name in own}
     return enc
 
 

@@ -53,6 +53,11 @@ def summary(ds: xr.Dataset) -> str:
     """One line: η at g* = 0 and at the largest |g*| on both arms."""
     a = ds.attrs
     e0 = a["eta_zero"]
+    if not np.isfinite(e0):
+        return (f"adaptation: no finite effective learning rate at the g* = 0 fixed point (η = {e0}); "
+                f"at |g*| = {a['g_max']:.3g} it is {a['eta_positive']:.3g} (+) and "
+                f"{a['eta_negative']:.3g} (−); {a['converged']}/{a['solves']} solves converged "
+                f"[{a['optimizer']}]")
 
     def ratio(x):
         return f"×{x / e0:.3g}" if e0 else "n/a"

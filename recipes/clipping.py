@@ -17,8 +17,18 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import (fraction_beyond, fraction_beyond_hist, rebuild, run_group,
-                                 sample_states, saturation, select_optimizer, update_function)
+from lopt_trace.analysis import (
+    displaced,
+    fraction_beyond,
+    fraction_beyond_hist,
+    group_pca,
+    rebuild,
+    run_group,
+    sample_states,
+    saturation,
+    select_optimizer,
+    update_function,
+)
 from lopt_trace.analysis._common import attrs
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import gradient_max, gradient_quantile, initial_state
@@ -29,11 +39,13 @@ VERSION = "1"
 
 def compute(tree: xr.DataTree, optimizer: str | None = None, n_states: int = 16, seed: int = 0,
             tol: float = 0.1, g_max: float | None = None, num: int = 2001,
-            curve_points: int = 201) -> xr.Dataset:
+            curve_points: int = 201, displace: bool = True) -> xr.Dataset:
     """Update functions, saturation per state, and the fraction of gradients beyond it.
 
-    ``g_max`` (default: 2 × the largest stored |g|, at least 2 × the 99.9th percentile over all
-    parameters) bounds the gradient grid.
+    The states are the initial state, ``n_states`` states sampled along the trajectories and,
+    with ``displace``, the initial state moved along the first principal component of the
+    recorded states by ±1 and ±2 standard deviations. ``g_max`` (default: 2 × the largest stored
+    |g|, at least 2 × the 99.9th percentile over all parameters) bounds the gradient grid.
     """
     name = select_optimizer(tree, optimizer)
     opt, theta = rebuild(tree, name)
@@ -42,8 +54,16 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_states: int = 16,
         g_max = 2.0 * max(gradient_max(ds), gradient_quantile(ds, 0.999))
         g_max = g_max if np.isfinite(g_max) and g_max > 0 else 1.0
     samples = sample_states(ds["state"], n_states, seed)
+    h0 = initial_state(ds)
     labels = ["initial"] + [f"trajectory {i}" for i in range(samples.sizes["start"])]
-    values = np.concatenate([initial_state(ds).values[None], samples.values])
+    values = [h0.values[None], samples.values]
+    if displace:
+        pcs, _ = group_pca(tree, name, 1)
+        pc1 = pcs["components"].isel(component=0) * np.sqrt(float(pcs["explained_variance"][0]))
+        amounts = [-2.0, -1.0, 1.0, 2.0]
+        values.append(displaced(h0, pc1, amounts).values)
+        labels += [f"initial {a:+g} sd PC1" for a in amounts]
+    values = np.concatenate(values)
     states = xr.DataArray(values, dims=("state", "unit"),
                           coords={"state": np.array(labels, dtype=object), "unit": ds["unit"].values})
 
@@ -63,7 +83,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_states: int = 16,
             attrs("|g| counts over all parameters, steps and runs", "count"))
         out["hist_edges"] = xr.DataArray(ds["bin_edges"].values, dims="bin_edge",
                                          attrs=attrs("|g| bin edges"))
-    traj = sat["threshold"].isel(state=slice(1, None)).values
+    traj = sat["threshold"].sel(state=[lab for lab in labels if lab.startswith("trajectory")]).values
     out.attrs = {
         "optimizer": name, "tol": float(tol), "g_max": float(g_max),
         "threshold": thr0,
@@ -80,6 +100,12 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_states: int = 16,
 def summary(ds: xr.Dataset) -> str:
     """One line: the initial state's threshold and clip equivalent, and the fraction beyond."""
     a = ds.attrs
+    if not np.isfinite(a["effective_learning_rate"]):
+        text = ("clipping: the update has no finite slope at g = 0 from the initial state "
+                f"(η = {a['effective_learning_rate']}), so no saturation threshold there")
+        if np.isfinite(a.get("trajectory_threshold_median", np.nan)):
+            text += f"; median threshold along trajectories {a['trajectory_threshold_median']:.3g}"
+        return text + f" [{a['optimizer']}]"
     if not np.isfinite(a["threshold"]):
         return (f"clipping: no saturation up to |g| = {a['g_max']:.3g} (the update stays within "
                 f"{100 * a['tol']:.0f}% of linear, η = {a['effective_learning_rate']:.3g}) [{a['optimizer']}]")

@@ -14,8 +14,14 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import (gradient_histograms, group_pca, rebuild, run_group, select_optimizer,
-                                 tensor_trajectories)
+from lopt_trace.analysis import (
+    gradient_histograms,
+    group_pca,
+    rebuild,
+    run_group,
+    select_optimizer,
+    tensor_trajectories,
+)
 from lopt_trace.analysis.results import run_recipe
 
 NAME = "layers"

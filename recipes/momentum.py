@@ -22,8 +22,17 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import (fixed_points, group_pca, linearization_error, linearize,
-                                 project, rebuild, run_group, sample_states, select_optimizer)
+from lopt_trace.analysis import (
+    fixed_points,
+    group_pca,
+    linearization_error,
+    linearize,
+    project,
+    rebuild,
+    run_group,
+    sample_states,
+    select_optimizer,
+)
 from lopt_trace.analysis._common import attrs
 from lopt_trace.analysis.rebuild import baseline_hyperparameters
 from lopt_trace.analysis.results import run_recipe
@@ -96,6 +105,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
         "slowest_complex": bool(abs(float(lin["eigenvalue_imag"].isel(fixed_point=0, mode=i))) > 1e-12),
         "total_alpha": float(np.nansum(alpha0)),
         "n_fixed_points": int(found.sum()),
+        "best_q": float(np.nanmin(fps["q"].values)),
         "n_converged": int(fps["n_converged"]),
         "n_starts": int(starts.sizes["start"]),
         "linearization_error_median": float(np.nanmedian(err.values)) if err.size else float("nan"),
@@ -119,7 +129,10 @@ def summary(ds: xr.Dataset) -> str:
             f"(timescale {a['slowest_timescale']:.1f} steps), α = {a['slowest_alpha']:.3g}")
     if a.get("slowest_complex"):
         text += " (complex pair)"
-    text += f" [{a['optimizer']}, {a['n_fixed_points']} fixed point(s)"
+    if a["n_fixed_points"]:
+        text += f" [{a['optimizer']}, {a['n_fixed_points']} fixed point(s)"
+    else:
+        text += f" [{a['optimizer']}, no fixed point: linearised at the best attempt, q = {a['best_q']:.2g}"
     if np.isfinite(a.get("linearization_error_median", np.nan)):
         text += f", linearisation error {100 * a['linearization_error_median']:.2g}%"
     text += "]"

@@ -62,6 +62,13 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, steps: int | None =
 def summary(ds: xr.Dataset) -> str:
     """One line: the autonomous effective LR from start to end and its peak; readout share."""
     a = ds.attrs
+    if not (np.isfinite(a["eta_start"]) and np.isfinite(a["eta_end"])):
+        text = ("schedule: the effective learning rate along the autonomous trajectory is undefined "
+                f"(η = {a['eta_start']} at the initial state: no finite slope at g = 0)")
+        if "recorded_eta_start" in a:
+            text += (f"; at the recorded mean state {a['recorded_eta_start']:.3g} → "
+                     f"{a['recorded_eta_end']:.3g}")
+        return text + f" [{a['optimizer']}]"
     ratio = a["eta_end"] / a["eta_start"] if a["eta_start"] else float("nan")
     text = (f"schedule: without gradients the effective learning rate goes {a['eta_start']:.3g} → "
             f"{a['eta_end']:.3g} over {a['steps']} steps (×{ratio:.3g}; peak {a['eta_peak']:.3g} at "

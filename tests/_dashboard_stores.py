@@ -5,8 +5,8 @@
   parameters.
 - ``baselines_store()``: the same recording without the learned optimizer, and no analysis.
 
-The stores are written by the analysis tests' builder (``tests/_stores.py``), which follows
-schema v1; the analyses are the real recipes, loaded through :mod:`lopt_trace.recipes_loader`.
+The recording is made by the real recorder (:func:`lopt_trace.recorder.record`); the analyses are
+the real recipes, loaded through :mod:`lopt_trace.recipes_loader`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import warnings
 import jax
 import numpy as np
 import xarray as xr
-from _stores import build_tree
 
 from lopt_trace.zarr_io import COMPRESSORS, ZARR_FORMAT, quiet_zarr_writes, remove
 
@@ -78,26 +77,33 @@ def run_recipes(path: str, names=None) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _tree() -> xr.DataTree:
-    """Two moons, 3 runs of 16 steps (every 2nd kept, 6 parameters per tensor): learned, sgd and
-    momentum (computed once per session)."""
-    from lopt_trace.optimizers import make_optimizer
+def _recorded() -> str:
+    """Two moons, 3 runs of 16 steps (every 2nd kept, 6 parameters per tensor) with the learned
+    GRU, SGD and momentum (tuned θ where bundled), recorded once per session by the recorder."""
+    from lopt_trace.recorder import OptimizerEntry, RecordConfig, record, resolve_optimizer
 
-    opts = {"learned": _learned()}
-    for name in ("sgd", "momentum"):
-        opts[name] = (make_optimizer(name), make_optimizer(name).init_theta())
-    return build_tree(_task(), opts, runs=3, every=2, params_per_tensor=6)
+    gru, theta = _learned()
+    entries = [OptimizerEntry("learned", gru, {k: np.asarray(v, np.float32) for k, v in theta.items()},
+                              "test", "a random GRU (tests/_dashboard_stores.py)")]
+    entries += [resolve_optimizer(name, "two_moons") for name in ("sgd", "momentum")]
+    path = f"{tmpdir()}/recorded.zarr"
+    record(_task(), entries, RecordConfig(runs=3, steps=16, params=6, every=2), path, progress=False)
+    return path
+
+
+def _tree() -> xr.DataTree:
+    """The recorded store, loaded (it is small), without /analysis."""
+    from lopt_trace.store import open_store
+
+    tree = open_store(_recorded()).load()
+    nodes = {node.path: node.to_dataset(inherit=False).drop_encoding() for node in tree.subtree
+             if not node.path.startswith("/analysis")}
+    return xr.DataTree.from_dict(nodes)
 
 
 def write(tree: xr.DataTree, path) -> str:
-    """Write ``tree`` as a store, completed with what the recorder's validator also requires
-    (``run_complete``), zstd-compressed with consolidated metadata."""
+    """Write ``tree`` as a store (zstd, consolidated metadata), as the recorder does."""
     nodes = {node.path: node.to_dataset(inherit=False) for node in tree.subtree}
-    for key, ds in nodes.items():
-        if key.count("/") == 2 and key.startswith("/runs/") and "run_complete" not in ds:
-            ds["run_complete"] = xr.DataArray(np.ones(ds.sizes["run"], dtype=bool), dims="run",
-                                              attrs={"long_name": "whether the run was recorded to the end",
-                                                     "units": "1"})
     remove(path)
     enc = {key: {name: {"compressors": COMPRESSORS} for name in ds.variables} for key, ds in nodes.items()}
     with quiet_zarr_writes():
@@ -118,7 +124,9 @@ def without(tree: xr.DataTree, drop: list[str]) -> xr.DataTree:
 @functools.lru_cache(maxsize=None)
 def full_store(path: str | None = None) -> str:
     """learned + sgd + momentum, with every recipe's result (cheap parameters)."""
-    path = write(_tree(), path or f"{tmpdir()}/full.zarr")
+    path = path or f"{tmpdir()}/full.zarr"
+    remove(path)
+    shutil.copytree(_recorded(), path)
     full_store.failed = run_recipes(path)
     return path
 

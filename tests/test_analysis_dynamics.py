@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import xarray as xr
-
 from _stores import GT, ground_truth_optimizers
+
 from lopt_trace.analysis import autonomous, gradient_range, s_curve
 from lopt_trace.optimizers import momentum_gru
 

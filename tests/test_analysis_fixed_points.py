@@ -3,10 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import xarray as xr
-
 from _stores import GT, ground_truth_optimizers
+
 from lopt_trace.analysis import find_fixed_points, fixed_points, merge_fixed_points
 from lopt_trace.analysis._common import float64, theta64
 from lopt_trace.analysis.fixed_points import make_solver
@@ -60,12 +59,12 @@ def test_second_order_beats_first_order():
         th = theta64(theta)
         starts = jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)) * 0.5)
         g = jnp.zeros(1)
-        h_lm, q_lm, c_lm, it_lm = make_solver(gru, th, "lm", tol=1e-9, max_iter=100)(starts, g)
+        h_lm, _q_lm, c_lm, it_lm = make_solver(gru, th, "lm", tol=1e-9, max_iter=100)(starts, g)
         # (a few starts run into the tanh-saturated corner, where J ≈ I and convergence is linear)
         assert bool(c_lm.all()) and float(np.median(it_lm)) <= 10
         best_gd = np.inf
         for lr in (4.0, 8.0):  # the best step sizes in benchmarks/fixed_points.py
-            h, q, c, it = make_solver(gru, th, "gd", tol=1e-9, max_iter=2000, learning_rate=lr)(starts, g)
+            _h, _q, c, it = make_solver(gru, th, "gd", tol=1e-9, max_iter=2000, learning_rate=lr)(starts, g)
             med = float(np.median(np.where(c, it, np.inf)))
             best_gd = min(best_gd, med)
         assert best_gd > 20 * float(np.median(it_lm))

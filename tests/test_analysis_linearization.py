@@ -4,10 +4,17 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
-
 from _stores import GT, ground_truth_store, open_store
-from lopt_trace.analysis import (fixed_points, linearization_error, linearize, modes, rebuild,
-                                 run_group, sample_states)
+
+from lopt_trace.analysis import (
+    fixed_points,
+    linearization_error,
+    linearize,
+    modes,
+    rebuild,
+    run_group,
+    sample_states,
+)
 from lopt_trace.analysis.sampling import recorded_pairs
 from lopt_trace.optimizers import LearnedGRU
 
@@ -42,7 +49,7 @@ def test_momentum_single_mode_lambda_beta_alpha_learning_rate(tree):
 
 
 def test_hand_built_momentum_gru_analysed_to_its_beta_and_alpha(tree):
-    opt, theta, fp, fps = _main_fixed_point(tree, "learned")
+    opt, theta, fp, _fps = _main_fixed_point(tree, "learned")
     assert isinstance(opt, LearnedGRU) and opt.units == 2
     lin = linearize(opt, theta, fp)
     beta, alpha = GT["gru"]["beta"], GT["gru"]["learning_rate"]

@@ -4,7 +4,6 @@ import tracemalloc
 
 import dask.array as da
 import numpy as np
-import pytest
 import xarray as xr
 from sklearn.decomposition import PCA
 
@@ -39,7 +38,7 @@ def test_pca_matches_sklearn_on_chunked_dask_data():
 
 
 def test_pca_n_components_and_nonfinite_samples_skipped():
-    states, flat = _states(1)
+    states, _flat = _states(1)
     bad = states.copy(data=states.data.copy())
     vals = bad.values
     vals[0, 3, 4, 2] = np.nan

@@ -3,10 +3,18 @@
 import numpy as np
 import pytest
 import xarray as xr
-
 from _stores import GT, ground_truth_store, open_store
-from lopt_trace.analysis import (effective_learning_rate, fraction_beyond, fraction_beyond_hist,
-                                 rebuild, run_group, sample_states, saturation, update_function)
+
+from lopt_trace.analysis import (
+    effective_learning_rate,
+    fraction_beyond,
+    fraction_beyond_hist,
+    rebuild,
+    run_group,
+    sample_states,
+    saturation,
+    update_function,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +82,18 @@ def test_update_function_at_nonzero_gradient_slope(tree):
         st = states.isel(start=[i])
         dx = update_function(opt, theta, st, [float(at[i]) - eps, float(at[i]) + eps]).values[0]
         assert eta[i] == pytest.approx(-(dx[1] - dx[0]) / (2 * eps), rel=1e-5)
+
+
+def test_displaced_states_along_a_direction(tree):
+    from lopt_trace.analysis import displaced
+
+    opt, theta = rebuild(tree, "rmsprop")
+    h0 = xr.DataArray([1.0, 0.0], dims="unit", coords={"unit": ["mean_square", "gradient"]})
+    pc = xr.DataArray([1.0, 0.0], dims="unit", coords={"unit": ["mean_square", "gradient"]})
+    states = displaced(h0, pc, [0.0, 1.0, 3.0])
+    assert states.dims == ("displacement", "unit")
+    np.testing.assert_allclose(states.sel(unit="mean_square"), [1.0, 2.0, 4.0])
+    p = {k: float(np.float32(v)) for k, v in GT["rmsprop"].items()}
+    eta = effective_learning_rate(opt, theta, states)
+    np.testing.assert_allclose(eta, p["learning_rate"] / np.sqrt(p["decay"] * np.array([1.0, 2.0, 4.0]) + p["eps"]),
+                               rtol=1e-6)

@@ -91,7 +91,7 @@ def test_overview_of_a_baselines_store_computes_losses_and_offers_the_recipe(bas
 def test_state_space_projects_every_recorded_state(full):
     pcs, tv, source, df, fixed, h0, k = state_space.prepared(full, "learned")
     ds = full.group("learned")
-    assert source == "/analysis/momentum" and k == 3
+    assert source == "from /analysis/momentum" and k == 3
     assert len(df) == ds.sizes["run"] * ds.sizes["step"] * ds.sizes["param"]
     assert df["trajectory"].nunique() == ds.sizes["run"] * ds.sizes["param"]
     # the projection is (state - mean) · components
@@ -186,7 +186,7 @@ def test_linear_dynamics_plots_every_mode(full):
     theta = full.tree["runs/momentum/theta"].to_dataset()
     assert tuned == pytest.approx({"alpha": float(theta["learning_rate"]), "beta": float(theta["beta"])})
     ab = linear_dynamics.alpha_beta_plot(m, tuned)
-    stars = [p for p in elements(ab, "Points") if p.label == "tuned momentum"]
+    stars = [p for p in elements(ab, "Points") if p.label == "momentum baseline"]
     assert len(stars) == 1 and stars[0].dimension_values(0)[0] == pytest.approx(tuned["beta"])
     x0, x1, _, _ = ranges(ab)
     assert x0 <= min(m["beta"].min(), tuned["beta"]) and x1 >= max(m["beta"].max(), tuned["beta"])

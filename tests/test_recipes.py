@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-
 from _stores import GT, ground_truth_store, open_store, two_moons_store
+
 from lopt_trace import recipes_loader
 from lopt_trace.analysis import read_result, write_result
 from lopt_trace.cli import main
@@ -180,3 +180,16 @@ def test_write_result_to_a_memory_store():
     res = read_result(path, "demo")
     assert list(res.data_vars) == ["b"] and res.attrs["recipe_version"] == "2"
     assert isinstance(zarr.open_group(path, mode="r"), zarr.Group)
+
+
+def test_write_result_waits_for_no_recorder():
+    from lopt_trace.errors import UserError
+    from lopt_trace.store import StoreLock
+
+    path = "memory://analysis-lock-test.zarr"
+    xr.DataTree.from_dict({"/": xr.Dataset(attrs={"schema_version": 1})}).to_zarr(
+        path, mode="w", zarr_format=3, consolidated=True)
+    with StoreLock(path), pytest.raises(UserError, match="being written"):
+        write_result(path, "demo", xr.Dataset({"a": ("x", [1.0])}), version=1)
+    write_result(path, "demo", xr.Dataset({"a": ("x", [1.0])}), version=1)  # free again
+    assert list(read_result(path, "demo").data_vars) == ["a"]

@@ -25,10 +25,10 @@ solutions outside the box spanned by the reference states (by default the starts
 
 from __future__ import annotations
 
-import numpy as np
-import xarray as xr
 import jax
 import jax.numpy as jnp
+import numpy as np
+import xarray as xr
 
 from lopt_trace.analysis._common import UNIT, attrs, float64, in_float64, theta64
 
@@ -198,7 +198,7 @@ def merge_fixed_points(ds: xr.DataArray | xr.Dataset, merge_tol: float | None = 
     padded entries have count 0 and NaN states, sorted by count), the per-start ``cluster``
     (−1: not converged or outlier) and ``outlier`` flags, and ``n_converged`` per g*.
     """
-    start_dim = [d for d in ds["start_state"].dims if d != UNIT][0]
+    start_dim = next(d for d in ds["start_state"].dims if d != UNIT)
     ref = ds["start_state"] if reference is None else reference
     ref = np.asarray(ref.transpose(..., UNIT).values, dtype=np.float64).reshape(-1, ds.sizes[UNIT])
     tol = default_merge_tol(ref) if merge_tol is None else float(merge_tol)
@@ -265,5 +265,12 @@ def fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, merge_tol: float 
     return xr.merge([raw, merged], combine_attrs="drop_conflicts")
 
 
-__all__ = ["solve_one_fn", "make_solver", "sample_states", "find_fixed_points", "merge_fixed_points",
-           "fixed_points", "float64"]
+__all__ = [
+    "find_fixed_points",
+    "fixed_points",
+    "float64",
+    "make_solver",
+    "merge_fixed_points",
+    "sample_states",
+    "solve_one_fn",
+]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis._common import UNIT, attrs, strings
+from lopt_trace.analysis._common import attrs, strings
 from lopt_trace.analysis.adaptation import gradient_range
 from lopt_trace.analysis.pca import project
 from lopt_trace.analysis.update_functions import effective_learning_rate
@@ -94,4 +94,4 @@ def gradient_histograms(gradient_hist: xr.DataArray, edges) -> xr.Dataset:
     )
 
 
-__all__ = ["tensor_trajectories", "gradient_histograms"]
+__all__ = ["gradient_histograms", "tensor_trajectories"]

@@ -25,8 +25,7 @@ import numpy as np
 import scipy.linalg
 import xarray as xr
 
-from lopt_trace.analysis._common import (UNIT, attrs, batch_of_states, in_float64, theta64,
-                                         unbatch)
+from lopt_trace.analysis._common import UNIT, attrs, batch_of_states, in_float64, theta64, unbatch
 
 MODE = "mode"
 UNIT_IN = "unit_in"
@@ -154,4 +153,4 @@ def linearization_error(opt, theta, states: xr.DataArray, gradients: xr.DataArra
                    attrs=attrs("relative one-step linearisation error"))
 
 
-__all__ = ["jacobians", "modes", "linearize", "linearization_error"]
+__all__ = ["jacobians", "linearization_error", "linearize", "modes"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 def holoviews():
     """The ``holoviews`` module, with its Bokeh plotting backend imported (no notebook needed)."""
     import holoviews as hv
-    import holoviews.plotting.bokeh  # noqa: F401  (registers the backend's options)
+    import holoviews.plotting.bokeh
 
     if not hv.Store.current_backend:
         hv.Store.set_current_backend("bokeh")

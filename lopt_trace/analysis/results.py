@@ -75,11 +75,22 @@ def write_result(store, recipe: str, ds: xr.Dataset, *, version: str | int,
     ds = _storable(ds)
     ds.attrs.update(provenance(recipe, version, parameters or {}))
     encoding = {name: {"compressors": COMPRESSORS} for name in ds.variables}
-    with quiet_zarr_writes():
+    with _lock(path), quiet_zarr_writes():
         ds.to_zarr(path, group=f"{GROUP}/{recipe}", mode="w", zarr_format=ZARR_FORMAT,
                    consolidated=False, encoding=encoding)
         zarr.consolidate_metadata(path)
     return ds
+
+
+def _lock(path):
+    """The store's writer lock (so a result is never written while a recorder writes)."""
+    try:
+        from lopt_trace.store import StoreLock
+    except ImportError:  # pragma: no cover - the store module ships with lopt-trace
+        import contextlib
+
+        return contextlib.nullcontext()
+    return StoreLock(path)
 
 
 def read_result(store, recipe: str) -> xr.Dataset:
@@ -105,4 +116,4 @@ def run_recipe(store, recipe: str, version: str | int, compute, parameters: dict
         ds = write_result(store, recipe, ds, version=version, parameters=parameters)
     return ds
 
-__all__ = ["write_result", "read_result", "run_recipe", "provenance", "jsonable"]
+__all__ = ["jsonable", "provenance", "read_result", "run_recipe", "write_result"]

@@ -31,7 +31,7 @@ def recorded_pairs(ds: xr.Dataset, n: int = 512, seed: int = 0):
     rng = np.random.default_rng(seed)
     nr, ns, npar = ds.sizes["run"], ds.sizes["step"], ds.sizes["param"]
     ir, is_, ip = rng.integers(0, nr, n), rng.integers(0, ns, n), rng.integers(0, npar, n)
-    pick = lambda a: xr.DataArray(a, dims="sample")  # noqa: E731
+    pick = lambda a: xr.DataArray(a, dims="sample")
     prev = np.maximum(is_ - 1, 0)
     state = ds["state"].transpose("run", "step", "param", UNIT)
     h = np.asarray(state.isel(run=pick(ir), step=pick(prev), param=pick(ip)).values, np.float64)
@@ -70,4 +70,4 @@ def mean_state(ds: xr.Dataset) -> xr.DataArray:
     return out.drop_vars([c for c in out.coords if c not in ("step", UNIT)])
 
 
-__all__ = ["initial_state", "recorded_pairs", "gradient_quantile", "gradient_max", "mean_state"]
+__all__ = ["gradient_max", "gradient_quantile", "initial_state", "mean_state", "recorded_pairs"]

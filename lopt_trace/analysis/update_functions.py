@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis._common import (UNIT, attrs, batch_of_states, float64, in_float64,
-                                         theta64, unbatch)
+from lopt_trace.analysis._common import UNIT, attrs, batch_of_states, float64, in_float64, theta64, unbatch
 
 GRADIENT = "g"
 SIDE = "side"
@@ -146,6 +145,22 @@ def saturation(opt, theta, states: xr.DataArray, g_max: float, tol: float = 0.1,
     )
 
 
+def displaced(state: xr.DataArray, direction: xr.DataArray, amounts) -> xr.DataArray:
+    """States ``state + a · direction`` for each a in ``amounts``: ``(displacement, unit)``.
+
+    ``state`` and ``direction`` are ``unit`` vectors (e.g. the initial state and a principal
+    component scaled by its standard deviation).
+    """
+    amounts = np.asarray(amounts, dtype=np.float64)
+    h = np.asarray(state.transpose(UNIT).values, np.float64)
+    v = np.asarray(direction.transpose(UNIT).values, np.float64)
+    coords = {"displacement": amounts}
+    if UNIT in state.coords:
+        coords[UNIT] = state[UNIT].values
+    return xr.DataArray(h[None, :] + amounts[:, None] * v[None, :], dims=("displacement", UNIT),
+                        coords=coords, attrs=attrs("state displaced along a direction"))
+
+
 def fraction_beyond(gradients: xr.DataArray, threshold) -> xr.DataArray:
     """Fraction of the (recorded, possibly Dask-backed) gradients with |g| > ``threshold``; lazy.
 
@@ -177,5 +192,11 @@ def fraction_beyond_hist(hist: xr.DataArray, edges, threshold: float, bin_dim: s
     return float(np.nansum(counts * np.clip(frac_above, 0, 1)) / total)
 
 
-__all__ = ["update_function", "effective_learning_rate", "saturation", "fraction_beyond",
-           "fraction_beyond_hist", "float64"]
+__all__ = [
+    "effective_learning_rate",
+    "float64",
+    "fraction_beyond",
+    "fraction_beyond_hist",
+    "saturation",
+    "update_function",
+]

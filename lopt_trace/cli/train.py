@@ -7,7 +7,7 @@ from lopt_trace.cli import nonnegative_int, positive_float, positive_int, task_n
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
     "linear_regression": (1.0, 1.0),
-    "rosenbrock": (0.1, 0.01),
+    "rosenbrock": (0.01, 0.05),
     "two_moons": (1.0, 0.01),
     "mnist": (1.0, 0.01),
 }

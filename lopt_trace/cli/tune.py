@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lopt_trace.cli import nonnegative_int, positive_int, task_name
+from lopt_trace.cli import positive_float, nonnegative_int, positive_int, task_name
 
 CHOICES = ("sgd", "momentum", "rmsprop", "adam", "all")
 
@@ -34,6 +34,9 @@ def add_parser(sub, name):
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the candidate sampler (default 0)")
     p.add_argument("--seed-base", type=nonnegative_int, default=None,
                    help="base of the training-range problem seeds (default 12345)")
+    p.add_argument("--lr-range", nargs=2, type=positive_float, default=None, metavar=("LOW", "HIGH"),
+                   help="narrow the learning-rate range (log-uniform) for small searches on "
+                        "expensive tasks; other ranges stay as documented")
     p.add_argument("--out", default=None, help="output Zarr store (default ./<task>-tune.zarr)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--bundle", nargs="?", const="", default=None, metavar="JSON",
@@ -50,6 +53,7 @@ def run(args) -> int:
     from lopt_trace.tune import (
         SEARCH_SPACES,
         TUNE_SEED_BASE,
+        LogUniform,
         best_config,
         bundle_best,
         tune,
@@ -64,8 +68,14 @@ def run(args) -> int:
     seed_base = TUNE_SEED_BASE if args.seed_base is None else args.seed_base
     results = {}
     for name in names:
+        space = dict(SEARCH_SPACES[name])
+        if args.lr_range:
+            low, high = args.lr_range
+            if low > high:
+                raise UserError(f"--lr-range: LOW ({low}) must not exceed HIGH ({high})")
+            space["learning_rate"] = LogUniform(low, high)
         ds = tune(task, name, samples=args.samples, problems=args.seeds, batch=args.batch,
-                  seed=args.seed, seed_base=seed_base, progress=not args.no_progress)
+                  seed=args.seed, seed_base=seed_base, progress=not args.no_progress, space=space)
         results[name] = ds
         failed = int(ds.attrs["failed_total"])
         rate = ds.attrs["candidates_per_second"]

@@ -3,6 +3,7 @@ panel shows when what it needs is not in the store."""
 
 from __future__ import annotations
 
+import threading
 import traceback
 
 import numpy as np
@@ -77,26 +78,40 @@ def missing(view, recipe: str, what: str, optimizer: str | None = None, on_compu
     called after a successful computation, to rebuild the panel."""
     panel = pn()
     who = f" for `{optimizer}`" if optimizer else ""
+    what = what.replace("*", "\\*")  # g* is not emphasis
     text = (f"**{what}** needs `/analysis/{recipe}`{who}, which this store does not have yet. "
             f"Compute it with the button, or run:\n\n```\n{view.command(recipe, optimizer)}\n```")
     button = widget(panel.widgets.Button, f"Compute {recipe}", button_type="primary",
                     disabled=not view.writable, width=220)
     status = panel.pane.Markdown("" if view.writable else "_(the store cannot be written from here)_")
 
-    def click(_event):
-        button.loading = True
-        status.object = f"computing `{recipe}`…"
+    def run():
         try:
             view.compute(recipe, optimizer)
-        except Exception as exc:  # show it in the page: the server keeps running
-            status.object = f"**{recipe} failed:** `{type(exc).__name__}: {exc}`"
+        except Exception as exc:  # shown in the page: the server keeps running
             traceback.print_exc()
-            return
-        finally:
-            button.loading = False
-        status.object = f"`/analysis/{recipe}` written."
-        if on_computed is not None:
+            return f"**{recipe} failed:** `{type(exc).__name__}: {exc}`"
+        return None
+
+    def finish(error):
+        button.loading = False
+        status.object = error or f"`/analysis/{recipe}` written."
+        if error is None and on_computed is not None:
             on_computed()
+
+    def click(_event):
+        button.loading = True
+        status.object = f"computing `{recipe}`… (the result is written into the store)"
+        doc = panel.state.curdoc
+        if doc is None or doc.session_context is None:  # not served (tests, notebooks): wait
+            finish(run())
+            return
+
+        def work():  # served: compute off the event loop so that the page stays responsive
+            error = run()
+            doc.add_next_tick_callback(lambda: finish(error))
+
+        threading.Thread(target=work, name=f"lopt-trace-{recipe}", daemon=True).start()
 
     button.on_click(click)
     return panel.Column(notice(text, "warning"), panel.Row(button, status), sizing_mode="stretch_width",

@@ -27,6 +27,11 @@ CSS = """
 """
 
 
+def slug(title: str) -> str:
+    """``"State space"`` -> ``"state-space"`` (CSS class ``lopt-tab-<slug>`` of each tab's content)."""
+    return title.lower().replace(" ", "-")
+
+
 def _safe(builder, view, rebuild):
     """Build a tab; an unexpected error becomes a message in the tab, not a dead page."""
     import traceback
@@ -47,7 +52,8 @@ def build_app(store, view: StoreView | None = None):
     panel = pn()
     view = view or StoreView(store)
     started = time.perf_counter()
-    holders = [panel.Column(name=title, sizing_mode="stretch_width") for title, _ in TABS]
+    holders = [panel.Column(name=title, sizing_mode="stretch_width",
+                            css_classes=["lopt-tab", f"lopt-tab-{slug(title)}"]) for title, _ in TABS]
     built = [False] * len(TABS)
     tabs = panel.Tabs(*holders, dynamic=False, sizing_mode="stretch_width", name="tabs")
 
@@ -60,6 +66,7 @@ def build_app(store, view: StoreView | None = None):
         """An analysis was written: rebuild tab ``i`` now and the others when next shown."""
         for j in range(len(TABS)):
             built[j] = False
+        header.object = header_text()
         fill(i)
 
     def on_active(event):
@@ -67,13 +74,13 @@ def build_app(store, view: StoreView | None = None):
             holders[event.new][:] = [panel.indicators.LoadingSpinner(value=True, size=40)]
             fill(event.new)
 
+    def header_text():
+        return (f"# lopt-trace · {view.attrs.get('task', '?')}\n`{view.label}` · optimizers: "
+                f"{', '.join(view.optimizers) or 'none'} · analyses: {', '.join(view.analyses) or 'none'}")
+
+    header = panel.pane.Markdown(header_text(), css_classes=["lopt-header"], sizing_mode="stretch_width")
     tabs.param.watch(on_active, "active")
     fill(0)
-    a = view.attrs
-    header = panel.pane.Markdown(
-        f"# lopt-trace · {a.get('task', '?')}\n`{view.label}` · optimizers: "
-        f"{', '.join(view.optimizers) or 'none'} · analyses: {', '.join(view.analyses) or 'none'}",
-        css_classes=["lopt-header"], sizing_mode="stretch_width")
     banner = [notice(f"This store did not pass validation, so some panels may be empty: {view.problem}",
                      "warning")] if view.problem else []
     app = panel.Column(header, *banner, tabs, sizing_mode="stretch_width", stylesheets=[CSS])

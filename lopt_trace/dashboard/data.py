@@ -102,8 +102,16 @@ class StoreView:
             return []
 
     def default_optimizer(self) -> str | None:
+        """``learned`` if recorded, else the group the analyses were computed for, else the first."""
         names = self.optimizers
-        return select_optimizer(self.tree) if names else None
+        if not names:
+            return None
+        if "learned" not in names:
+            for recipe in ("momentum", "clipping", "adaptation", "schedule", "layers"):
+                analysed = self.analysis_optimizer(recipe)
+                if analysed in names:
+                    return analysed
+        return select_optimizer(self.tree)
 
     def group(self, name: str) -> xr.Dataset:
         """The lazily loaded Dataset of ``/runs/<name>`` (without θ)."""

@@ -48,20 +48,21 @@ def eigenvalue_plot(m: dict, title: str = "eigenvalues of ∂F/∂h"):
 
 def alpha_beta_plot(m: dict, tuned: dict | None, optimal: tuple | None = None,
                     title: str = "per-mode learning rate against momentum"):
-    """α_i against β_i; the tuned momentum's (α, β) as a red star, the optimal heavy ball as a
+    """α_i against β_i; the momentum baseline's (α, β) (the store's, else the bundled tuned one)
+    as a red star, the optimal heavy ball as a
     green diamond when known (linear regression)."""
     h = hv()
     layers = [h.Points((m["beta"], m["alpha"], m["timescale"]), ["β = |λ|", "α"], ["timescale"],
                        label="modes").opts(color="#1f77b4", size=9, tools=["hover"])]
     if tuned is not None:
         layers.append(h.Points(([tuned["beta"]], [tuned["alpha"]]), ["β = |λ|", "α"],
-                               label="tuned momentum").opts(color="red", marker="star", size=18,
+                               label="momentum baseline").opts(color="red", marker="star", size=18,
                                                             line_color="black"))
     if optimal is not None:
         layers.append(h.Points(([optimal[1]], [optimal[0]]), ["β = |λ|", "α"],
                                label="optimal heavy ball").opts(color="green", marker="diamond", size=14))
-    return h.Overlay(layers).opts(title=title, width=WIDTH, height=HEIGHT + 20, show_grid=True,
-                                  legend_position="top_left")
+    return h.Overlay(layers).opts(title=title, width=WIDTH + 160, height=HEIGHT + 20, show_grid=True,
+                                  legend_position="right")
 
 
 def key_numbers(mom: xr.Dataset) -> str:

@@ -142,7 +142,7 @@ def build(view, rebuild=None):
     """The Overview tab (``rebuild`` re-creates the tab after an analysis was computed)."""
     panel = pn()
     summary = store_summary(view)
-    table = "\n".join(["| | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in summary.items()])
+    table = "\n".join(["| store | |", "| --- | --- |"] + [f"| **{k}** | {v} |" for k, v in summary.items()])
     names = view.optimizers
     if not names:
         return panel.Column(panel.pane.Markdown(table), missing_runs(), name="Overview")

@@ -32,7 +32,7 @@ def pca_info(view, name: str) -> tuple[xr.Dataset, xr.DataArray, str]:
     mom = view.analysis("momentum", name)
     keep = ["pca_mean", "components", "explained_variance_ratio"]
     if mom is not None and all(k in mom for k in keep) and "total_variance" in mom:
-        return mom[keep], mom["total_variance"], "/analysis/momentum"
+        return mom[keep], mom["total_variance"], "from /analysis/momentum"
     key = ("pca", name)
     if key not in view.cache:
         import dask
@@ -41,7 +41,7 @@ def pca_info(view, name: str) -> tuple[xr.Dataset, xr.DataArray, str]:
 
         state = view.group(name)["state"]
         m, tv = dask.compute(moments(state), total_variance(state))
-        view.cache[key] = (pca_from_moments(m)[keep], tv, "computed here (streaming PCA of `state`)")
+        view.cache[key] = (pca_from_moments(m)[keep], tv, "computed here (one streaming pass over `state`)")
     return view.cache[key]
 
 
@@ -148,8 +148,10 @@ def trajectory_plot(df: pd.DataFrame, color_by: str = "step", x: str = "PC 1", y
         if h0 is not None and len(h0) > max(xi, yi):
             layers.append(h.Scatter(([h0[xi]], [h0[yi]]), x, y, label="initial state h0")
                           .opts(color="black", marker="triangle", size=12))
-    return h.Overlay(layers).opts(title=title, width=WIDTH + 260, height=HEIGHT + 140,
-                                  legend_position="right", show_grid=True)
+    size = dict(title=title, width=WIDTH + 260, height=HEIGHT + 140, show_grid=True)
+    if isinstance(layers[0], h.DynamicMap):  # rasterized: a DynamicMap of overlays takes the options
+        return h.Overlay(layers).collate().opts(**size)
+    return h.Overlay(layers).opts(legend_position="right", **size)
 
 
 def _pc(label: str) -> int:
@@ -217,8 +219,9 @@ def build(view, rebuild=None):
         main = trajectory_plot(df, color_by, "PC 1", "PC 2" if k > 1 else "step", fixed=fixed, h0=h0,
                                title=f"{name}: state trajectories on the principal components")
         evr = pcs["explained_variance_ratio"].values
-        info = (f"{len(df):,} states ({df['trajectory'].nunique():,} trajectories) · PCA from {source} · "
-                f"PC 1–{k} explain {100 * float(np.sum(evr[:k])):.1f}% of the variance"
+        pcs_text = "PC 1 explains" if k == 1 else f"PC 1–{k} explain"
+        info = (f"{len(df):,} states ({df['trajectory'].nunique():,} trajectories) · PCA {source} · "
+                f"{pcs_text} {100 * float(np.sum(evr[:k])):.1f}% of the variance"
                 + (" · rasterized with datashader" if len(df) > RASTERIZE_ABOVE else ""))
         notes = []
         if fixed["g0"] is None:

@@ -112,8 +112,14 @@ def eta_plot(steps, eta, sgd_lr: float | None, current=None, schedule: xr.Datase
         layers.append(h.HLine(sgd_lr).opts(color="black", line_dash="dotted"))
     if current is not None:
         layers.append(h.VLine(float(current)).opts(color="orange", line_width=1))
+    values = [np.asarray(eta, dtype=float)]
+    if schedule is not None and "auto_effective_learning_rate" in schedule:
+        values.append(np.asarray(schedule["auto_effective_learning_rate"].values, dtype=float))
+    values = np.concatenate(values + [np.atleast_1d(sgd_lr if sgd_lr is not None else np.nan)])
+    values = values[np.isfinite(values)]
+    logy = bool(values.size and np.all(values > 0) and values.max() > 20 * values.min())
     return h.Overlay(layers).opts(title=title, width=WIDTH, height=HEIGHT, legend_position="bottom_right",
-                                  show_grid=True, tools=["hover"])
+                                  show_grid=True, tools=["hover"], logy=logy)
 
 
 def build(view, rebuild=None):
@@ -183,6 +189,8 @@ def build(view, rebuild=None):
             lines.append(f"saturation threshold: run `{view.command('clipping', name)}` to mark it")
         elif np.isfinite(thr):
             lines.append(f"saturation threshold ±{thr:.3g} (red, from /analysis/clipping)")
+        else:
+            lines.append("no saturation within the gradient range (/analysis/clipping)")
         return panel.Column(panel.pane.Markdown(" · ".join(lines)),
                             panel.Row(panel.pane.HoloViews(left, name="update-function"),
                                       panel.pane.HoloViews(right, name="effective-learning-rate")))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Reproduce the bundled learned optimizers in data/optimizers/ from scratch (see docs/bundled.md).
+#
+# Usage: scripts/train_bundled.sh [TASK ...]     (default: all four; OUT=dir to write elsewhere)
+# Each command is exactly the one used for the bundled file; its settings are also stored in the
+# file itself (attrs "metatrain"), so `lopt-trace info` / xarray show them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-data/optimizers}
+mkdir -p "$OUT"
+tasks=("$@")
+[ ${#tasks[@]} -gt 0 ] || tasks=(linear_regression rosenbrock two_moons mnist)
+for task in "${tasks[@]}"; do
+  case "$task" in
+    linear_regression)
+      lopt-trace train --task linear_regression --units 32 --iterations 3000 --batch 64 --lr 2e-3 \
+        --output-scale 1.0 --seed 1 --out "$OUT/linear_regression.zarr" --overwrite ;;
+    rosenbrock)
+      lopt-trace train --task rosenbrock --units 32 --iterations 3000 --batch 32 \
+        --input-scale 0.01 --output-scale 0.05 --out "$OUT/rosenbrock.zarr" --overwrite ;;
+    two_moons)
+      lopt-trace train --task two_moons --units 16 --iterations 400 --batch 4 --truncation 50 \
+        --output-scale 0.03 --checkpoint-every 25 --out "$OUT/two_moons.zarr" --overwrite ;;
+    mnist)
+      lopt-trace train --task mnist --units 8 --iterations 50 --batch 1 --truncation 20 \
+        --first-order --output-scale 0.01 --checkpoint-every 10 --out "$OUT/mnist.zarr" --overwrite ;;
+    *) echo "unknown task $task" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,214 @@
+"""The recording engine: subsets, exact aggregates, every-E-th steps, baselines against optax,
+resume, the lock, float16 and flat peak memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import xarray as xr
+
+from lopt_trace import open_store
+from lopt_trace.errors import UserError
+from lopt_trace.recorder import Plan, RecordConfig, record, resolve_optimizers, subset_indices
+from lopt_trace.store import hist_edges, lock_path
+from lopt_trace.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+MOONS_STEPS = 6
+
+
+def _rec(task, specs, out, **kw):
+    plan = kw.pop("plan", None)
+    callback = kw.pop("callback", None)
+    resume = kw.pop("resume", False)
+    entries = resolve_optimizers(task.name, specs)
+    return record(task, entries, RecordConfig(**kw), out, progress=False, plan=plan,
+                  callback=callback, resume=resume)
+
+
+@pytest.fixture(scope="module")
+def moons(tmp_path_factory):
+    """two_moons with every parameter kept, and with 3 per tensor at every 4th step."""
+    tmp = tmp_path_factory.mktemp("moons")
+    task = get_task("two_moons", steps=MOONS_STEPS)
+    full = str(tmp / "all.zarr")
+    sub = str(tmp / "sub.zarr")
+    _rec(task, ["rmsprop"], full, runs=2, params=None)
+    _rec(task, ["rmsprop"], sub, runs=2, params=3, every=4)
+    return task, open_store(full), open_store(sub)
+
+
+def test_subset_coordinates_say_which_parameters_were_kept(moons):
+    task, full, sub = moons
+    ds = sub["runs/rmsprop"].to_dataset()
+    offset = 0
+    for t in task.tensors:
+        kept = ds["param_tensor"].values == t.name
+        expected = np.unique(np.round(np.linspace(0, t.size - 1, min(3, t.size))).astype(int))
+        np.testing.assert_array_equal(ds["param_index"].values[kept], expected)
+        np.testing.assert_array_equal(ds["param_flat_index"].values[kept], offset + expected)
+        assert set(ds["param_layer"].values[kept]) == {t.layer}
+        assert set(ds["param_kind"].values[kept]) == {t.kind}
+        offset += t.size
+    assert ds.sizes["param"] == sum(min(3, t.size) for t in task.tensors)
+    # the kept values are exactly those parameters of the full recording, at the kept steps
+    assert list(ds["step"].values) == [0, 4]
+    ref = full["runs/rmsprop"].to_dataset().isel(param=ds["param_flat_index"].values).sel(step=[0, 4])
+    for name in ("gradient", "update", "state"):
+        np.testing.assert_array_equal(ds[name].values, ref[name].values)
+    np.testing.assert_array_equal(ds["initial_state"].values, ref["initial_state"].values)
+    # losses are kept at every step, whatever --every is
+    np.testing.assert_array_equal(ds["loss"].values, full["runs/rmsprop/loss"].values)
+    assert ds.sizes["loss_step"] == MOONS_STEPS + 1
+
+
+def test_exact_per_tensor_aggregates_equal_direct_computation(moons):
+    task, full, sub = moons
+    for name in ("rmsprop",):
+        ds = full[f"runs/{name}"].to_dataset().load()
+        direct = ds["state"].groupby("param_tensor").mean("param")
+        direct = direct.rename(param_tensor="tensor").sel(tensor=ds["tensor"].values)
+        np.testing.assert_allclose(ds["state_mean"].values, direct.values, rtol=2e-5, atol=1e-9)
+        gabs = abs(ds["gradient"]).groupby("param_tensor").mean("param")
+        gabs = gabs.rename(param_tensor="tensor").sel(tensor=ds["tensor"].values)
+        np.testing.assert_allclose(ds["gradient_abs_mean"].values, gabs.values, rtol=2e-5, atol=1e-9)
+        # the histogram counts every |g| of every step (every step is kept here)
+        edges = hist_edges()
+        g = np.clip(np.abs(ds["gradient"].values), edges[0], edges[-1] * 0.999)
+        for r in range(ds.sizes["run"]):
+            for t, tname in enumerate(ds["tensor"].values):
+                mine = ds["param_tensor"].values == tname
+                counts = np.histogram(g[r][:, mine], edges)[0]
+                np.testing.assert_array_equal(ds["gradient_hist"].values[r, t], counts)
+        assert ds["gradient_hist"].values.sum() == ds.sizes["run"] * MOONS_STEPS * task.num_params
+    # a subset store still has the exact means over all parameters, at its kept steps
+    ds_sub = sub["runs/rmsprop"].to_dataset()
+    ref = full["runs/rmsprop"].to_dataset().sel(step=[0, 4])
+    np.testing.assert_array_equal(ds_sub["state_mean"].values, ref["state_mean"].values)
+    np.testing.assert_array_equal(ds_sub["gradient_abs_mean"].values, ref["gradient_abs_mean"].values)
+    np.testing.assert_array_equal(ds_sub["gradient_hist"].values, ref["gradient_hist"].values)
+
+
+def test_momentum_and_adam_states_equal_optax(tmp_path):
+    task = get_task("linear_regression", steps=25)
+    tree_path = str(tmp_path / "lr.zarr")
+    _rec(task, ["momentum", "adam"], tree_path, runs=2, params=None)
+    tree = open_store(tree_path)
+    for name in ("momentum", "adam"):
+        ds = tree[f"runs/{name}"].to_dataset().load()
+        th = {k: float(v) for k, v in tree[f"runs/{name}/theta"].to_dataset(inherit=False).items()}
+        if name == "momentum":
+            tx = optax.sgd(th["learning_rate"], momentum=th["beta"])
+        else:
+            tx = optax.adam(th["learning_rate"], b1=th["b1"], b2=th["b2"], eps=th["eps"])
+        for r in range(ds.sizes["run"]):
+            grads = ds["gradient"].values[r]
+            state = tx.init(jnp.zeros(grads.shape[1]))
+            for k in range(grads.shape[0]):
+                upd, state = tx.update(jnp.asarray(grads[k]), state)
+                rec = ds["state"].values[r, k]
+                # float32 round-off only: relative to the scale of each array
+                close = lambda a, b: np.testing.assert_allclose(  # noqa: E731
+                    a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
+                if name == "momentum":
+                    close(rec[:, 0], state[0].trace)
+                else:
+                    adam = state[0]
+                    close(rec[:, 0], adam.mu)
+                    close(rec[:, 1], adam.nu)
+                    np.testing.assert_array_equal(rec[:, 2], np.full(rec.shape[0], int(adam.count)))
+                close(ds["update"].values[r, k], upd)
+
+
+def test_resume_after_interruption_gives_identical_data_and_lock_is_exclusive(tmp_path):
+    task = get_task("linear_regression", steps=12)
+    plan = Plan(run_batch=2, block_records=3, unroll=False)  # groups of runs (0, 1) and (2,): 4 blocks each
+    kw = dict(runs=3, params=None, plan=plan)
+    whole = str(tmp_path / "whole.zarr")
+    _rec(task, ["sgd", "momentum"], whole, **kw)
+
+    cut = str(tmp_path / "cut.zarr")
+    refused = []
+
+    def interrupt(info):
+        if info["blocks"] == 2:  # a second recorder on the same store is refused while we write
+            try:
+                _rec(task, ["sgd", "momentum"], cut, resume=True, **kw)
+            except UserError as exc:
+                refused.append(str(exc))
+        if info["blocks"] == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _rec(task, ["sgd", "momentum"], cut, callback=interrupt, **kw)
+    assert refused and "being written by another recorder" in refused[0]
+    assert not os.path.exists(lock_path(cut))  # released on the way out
+    part = open_store(cut)
+    np.testing.assert_array_equal(part["runs/sgd/run_complete"].values, [True, True, False])
+    np.testing.assert_array_equal(part["runs/momentum/run_complete"].values, [False] * 3)
+    assert np.isnan(part["runs/momentum/loss"].values).all()  # never written: the fill value
+
+    result = _rec(task, ["sgd", "momentum"], cut, resume=True, **kw)
+    assert result.complete and result.blocks == 4 + 8  # only unfinished runs were redone
+    a, b = open_store(whole), open_store(cut)
+    for name in ("sgd", "momentum"):
+        xr.testing.assert_identical(a[f"runs/{name}"].to_dataset().load(), b[f"runs/{name}"].to_dataset().load())
+    # resuming a finished store computes nothing
+    assert _rec(task, ["sgd", "momentum"], cut, resume=True, **kw).blocks == 0
+
+
+def test_float16_store(tmp_path):
+    task = get_task("linear_regression", steps=8)
+    out32, out16 = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    _rec(task, ["adam"], out32, runs=2, params=None)
+    _rec(task, ["adam"], out16, runs=2, params=None, dtype="float16")
+    a, b = open_store(out32)["runs/adam"], open_store(out16)["runs/adam"]
+    for name in ("gradient", "update", "state", "initial_state"):
+        assert b[name].dtype == np.float16
+        np.testing.assert_allclose(b[name].values.astype(np.float32), a[name].values, rtol=2e-3, atol=1e-6)
+    assert b["loss"].dtype == np.float32 and b["state_mean"].dtype == np.float32
+    np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
+
+
+def test_subset_indices_evenly_spaced():
+    task = get_task("mnist")
+    flat, tensor, within = subset_indices(task, 64)
+    assert flat.size == 4 * 64 + 3 * 16 + 10
+    dense = task.tensors[6]
+    idx = within[tensor == 6]
+    assert idx[0] == 0 and idx[-1] == dense.size - 1 and np.all(np.diff(idx) > 0)
+    assert np.ptp(np.diff(idx)) <= 1  # evenly spaced
+    flat_all, _, _ = subset_indices(task, None)
+    np.testing.assert_array_equal(flat_all, np.arange(task.num_params))
+
+
+@pytest.mark.slow  # two subprocesses that import JAX and compile (~40 s on 2 busy cores)
+def test_peak_memory_flat_in_steps():
+    """Recording 4x the steps must not grow peak memory with the data (block-bounded)."""
+    spec = importlib.util.spec_from_file_location("record_memory", ROOT / "benchmarks" / "record_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.argparse.Namespace(task="two_moons", optimizer=["rmsprop"], runs=4, params="all",
+                                    every=1, block_records=10)
+    rows = [None, None]
+
+    def go(i, steps):
+        rows[i] = bench.measure(args, steps)
+
+    threads = [threading.Thread(target=go, args=(i, s)) for i, s in enumerate((100, 400))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    n = get_task("two_moons").num_params
+    growth_mb = 300 * 4 * n * (2 + 2) * 4 / 2**20  # the extra per-parameter data, uncompressed
+    small, big = rows
+    assert big["store_mb"] > 3 * small["store_mb"]  # the bigger run did write 4x the data
+    assert big["peak_rss_mb"] - small["peak_rss_mb"] < 0.35 * growth_mb, rows
