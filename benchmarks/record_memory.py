@@ -84,7 +84,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--every", type=int, default=1)
     p.add_argument("--factor", type=int, default=4)
-    p.add_argument("--block-records", type=int, default=0, help="override the block size (0: the recorder's choice)")
+    p.add_argument("--block-records", type=int, default=0,
+                   help="override the block size (0: the recorder's choice)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -96,7 +97,8 @@ def main(argv=None) -> None:
         print(json.dumps(rows))
         return
     print(f"task {args.task}, optimizers {args.optimizer}, {args.runs} runs, params {args.params}, every {args.every}")
-    print(f"{'steps':>7} {'before MB':>10} {'peak MB':>9} {'sampled MB':>11} {'peak-before':>12} {'store MB':>9} {'s':>7}")
+    print(f"{'steps':>7} {'before MB':>10} {'peak MB':>9} {'sampled MB':>11} {'peak-before':>12} "
+          f"{'store MB':>9} {'s':>7}")
     for r in rows:
         print(f"{r['steps']:>7} {r['rss_before_mb']:>10.0f} {r['peak_rss_mb']:>9.0f} {r['sampled_peak_rss_mb']:>11.0f} "
               f"{r['peak_rss_mb'] - r['rss_before_mb']:>12.0f} {r['store_mb']:>9.1f} {r['seconds']:>7.1f}")

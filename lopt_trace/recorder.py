@@ -23,10 +23,10 @@ A second recorder on the same store is refused by :class:`lopt_trace.store.Store
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
-import math
 import queue
 import re
 import threading
@@ -59,7 +59,7 @@ DEFAULT_PARAMS = 64
 DEFAULT_RUNS = 4
 
 #: bytes of block output (per-parameter arrays and aggregates) aimed at per jitted block
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 16 * 2**20
 #: most kept records per block
 MAX_BLOCK_RECORDS = 64
 #: kept records per chunk along ``step`` (rounded to a multiple of the block)
@@ -567,16 +567,11 @@ def _final_fn(task):
 
 
 #: jitted functions, reused across recordings with the same task, optimizer and layout
-_CACHE: "collections.OrderedDict" = None  # type: ignore[assignment]
-_CACHE_SIZE = 16
+_CACHE: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 6  # small: a compiled MNIST loss embeds the 47 MB data set
 
 
 def _cached(key, build):
-    import collections
-
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = collections.OrderedDict()
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -629,10 +624,10 @@ class _Writer(threading.Thread):
                 if not self.is_alive():
                     raise RuntimeError("the store writer stopped") from self.error
 
-    def close(self):
+    def close(self, raise_error: bool = True):
         self.queue.put(None)
         self.join()
-        if self.error is not None:
+        if raise_error and self.error is not None:
             raise self.error
 
 
@@ -682,7 +677,7 @@ class _Stop(Exception):
 _MALLOC_BOUNDED = False
 
 
-def bound_malloc_growth(threshold: int = 128 << 10) -> None:
+def bound_malloc_growth(threshold: int = 1 << 20) -> None:
     """Serve allocations of ``threshold`` bytes and more with mmap, so freed blocks go back to the
     system at once (glibc only; elsewhere nothing happens).
 
@@ -850,9 +845,12 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
                 _after_block(callback, stop_after, blocks, entry.name, r0, pending[0])
     except _Stop:
         pass
-    finally:
+    except BaseException:
         bar.close()
-        writer.close()
+        writer.close(raise_error=False)  # what was queued is written; the first error wins
+        raise
+    bar.close()
+    writer.close()
     return blocks
 
 

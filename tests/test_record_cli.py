@@ -151,7 +151,6 @@ def test_existing_store_left_untouched(recorded, opt_file, capsys):
     assert checksum(recorded) == before
 
 
-@pytest.mark.slow  # compiles MNIST's CNN (~30-60 s on 2 busy cores)
 def test_mnist_smoke(tmp_path, capsys):
     out = str(tmp_path / "m.zarr")
     assert main(["record", "--task", "mnist", "--optimizer", "adam", "--runs", "2", "--steps", "8",

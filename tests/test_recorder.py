@@ -189,7 +189,6 @@ def test_subset_indices_evenly_spaced():
     np.testing.assert_array_equal(flat_all, np.arange(task.num_params))
 
 
-@pytest.mark.slow  # two subprocesses that import JAX and compile (~40 s on 2 busy cores)
 def test_peak_memory_flat_in_steps():
     """Recording 4x the steps must not grow peak memory with the data (block-bounded)."""
     spec = importlib.util.spec_from_file_location("record_memory", ROOT / "benchmarks" / "record_memory.py")
