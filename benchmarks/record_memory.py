@@ -37,7 +37,7 @@ def child(args) -> None:
     if args.block_records:
         n = subset_indices(task, params)[0].size
         base = make_plan(task, cfg, args.steps, n, max(e.optimizer.state_size for e in entries))
-        plan = Plan(base.run_batch, args.block_records, base.unroll)
+        plan = Plan(base.run_batch, args.block_records)
     if task.name == "mnist":
         task._data  # load the data set before the baseline is taken
     before = psutil.Process().memory_info().rss

@@ -69,16 +69,6 @@ CHUNK_BYTES = 4 * 2**20
 #: runs per chunk along ``run``
 CHUNK_RUNS = 4
 
-#: Tasks whose steps XLA's CPU backend runs slowly inside a ``while`` loop (a ``lax.scan``) or
-#: under ``vmap``: the weight gradients of MNIST's convolutions (``dim_labels=f01b_i01o->01bf``)
-#: are rewritten into the fast Eigen form only outside loop bodies, so in a scan they run as a
-#: naive loop (about 10x slower, jax 0.10 / XLA CPU), and vmapping over runs turns them into grouped
-#: convolutions (about 3x slower per run). On the CPU these tasks run one run at a time with the
-#: block fully unrolled: one flat scan over ``UNROLL_STEPS`` inner steps, no nested scan.
-CPU_UNROLL_TASKS = ("mnist",)
-UNROLL_STEPS = 8
-#: above this --every the unrolled block (``every`` steps) would take too long to compile
-MAX_UNROLL_EVERY = 32
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -125,12 +115,10 @@ class OptimizerEntry:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """How the steps are computed: runs per ``vmap``, kept records per jitted block, and whether
-    the block's scans are fully unrolled (see :data:`CPU_UNROLL_TASKS`)."""
+    """How the steps are computed: runs per ``vmap`` and kept records per jitted block."""
 
     run_batch: int
     block_records: int
-    unroll: bool
 
 
 # -- optimizers --------------------------------------------------------------------------------------
@@ -310,19 +298,14 @@ class Layout:
 def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_units: int) -> Plan:
     """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES."""
     n_rec = -(-steps // cfg.every)
-    slow_loops = jax.default_backend() == "cpu" and task.name in CPU_UNROLL_TASKS
-    if slow_loops and cfg.every <= MAX_UNROLL_EVERY:
-        run_batch, unroll = 1, True
-        block = max(1, UNROLL_STEPS // cfg.every)
-    else:  # (a very large --every on such a task: loops rather than a huge unrolled program)
-        run_batch, unroll = (1 if slow_loops else min(cfg.runs, 4)), False
-        isz = np.dtype(cfg.dtype).itemsize
-        per_record = run_batch * (n_params * (2 + max_units) * isz
-                                  + len(task.tensors) * (max_units + 1) * 4 + cfg.every * 4)
-        block = int(max(1, min(MAX_BLOCK_RECORDS, BLOCK_BYTES // per_record)))
+    run_batch = min(cfg.runs, 4)
+    isz = np.dtype(cfg.dtype).itemsize
+    per_record = run_batch * (n_params * (2 + max_units) * isz
+                              + len(task.tensors) * (max_units + 1) * 4 + cfg.every * 4)
+    block = int(max(1, min(MAX_BLOCK_RECORDS, BLOCK_BYTES // per_record)))
     block = min(block, n_rec)
     n_blocks = -(-n_rec // block)
-    return Plan(run_batch=run_batch, block_records=-(-n_rec // n_blocks), unroll=unroll)
+    return Plan(run_batch=run_batch, block_records=-(-n_rec // n_blocks))
 
 
 def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
@@ -478,7 +461,7 @@ def _hist(g: jax.Array, valid, seg: jax.Array, n_tensors: int) -> jax.Array:
 
 
 def make_block_fn(layout: Layout, opt: ComponentwiseOptimizer):
-    """``block(theta, data, state) -> (state, hist_counts, outputs, losses)``, jitted and vmapped over
+    """``block(theta, data, state, K) -> (state, hist_counts, outputs, losses)``, jitted and vmapped over
     runs. One block is ``plan.block_records`` records of ``every`` steps; steps at or past K are
     masked (the state does not move and nothing is counted), so every block has the same shape."""
     key = ("block", *_task_key(layout.task), repr(opt.config()),
@@ -488,7 +471,7 @@ def make_block_fn(layout: Layout, opt: ComponentwiseOptimizer):
 
 def _block_fn(layout: Layout, opt: ComponentwiseOptimizer):
     task, E = layout.task, layout.every
-    n_rec, unroll = layout.plan.block_records, layout.plan.unroll
+    n_rec = layout.plan.block_records
     sub = jnp.asarray(layout.flat_index, dtype=jnp.int32)
     seg = task.tensor_index()
     n_t = len(task.tensors)
@@ -522,31 +505,17 @@ def _block_fn(layout: Layout, opt: ComponentwiseOptimizer):
                 s, r, v = step(theta, data, s, K)
                 return (s, counts + _hist(r.gradient, v, seg, n_t)), r.loss
 
-            (s, counts), more = jax.lax.scan(rest, (s, counts), None, length=E - 1, unroll=unroll)
+            (s, counts), more = jax.lax.scan(rest, (s, counts), None, length=E - 1)
             losses = jnp.concatenate([losses, more])
         return (s, counts), (out, losses)
 
     def block(theta, data, s, K):
         counts = jnp.zeros((n_t, HIST_BINS), jnp.int32)
         (s, counts), (outs, losses) = jax.lax.scan(
-            lambda c, x: record(theta, data, K, c, x), (s, counts), None, length=n_rec, unroll=unroll)
+            lambda c, x: record(theta, data, K, c, x), (s, counts), None, length=n_rec)
         return s, counts, outs, losses.reshape(-1)
 
-    def flat_block(theta, data, s, K):
-        # one fully unrolled scan over all the block's steps, every step's record computed and
-        # every E-th kept (blocks are a few steps, so this costs little; nested scans keep the
-        # slow convolutions, see CPU_UNROLL_TASKS)
-        def one(carry, _):
-            s, counts = carry
-            s, rec, valid = step(theta, data, s, K)
-            return (s, counts + _hist(rec.gradient, valid, seg, n_t)), (outputs(rec), rec.loss)
-
-        counts = jnp.zeros((n_t, HIST_BINS), jnp.int32)
-        (s, counts), (outs, losses) = jax.lax.scan(one, (s, counts), None, length=n_rec * E,
-                                                   unroll=True)
-        return s, counts, jax.tree.map(lambda a: a[::E], outs), losses
-
-    return jax.jit(jax.vmap(flat_block if unroll else block, in_axes=(None, 0, 0, None)))
+    return jax.jit(jax.vmap(block, in_axes=(None, 0, 0, None)))
 
 
 def _task_key(task: Task) -> tuple:

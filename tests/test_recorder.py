@@ -129,7 +129,7 @@ def test_momentum_and_adam_states_equal_optax(tmp_path):
 
 def test_resume_after_interruption_gives_identical_data_and_lock_is_exclusive(tmp_path):
     task = get_task("linear_regression", steps=12)
-    plan = Plan(run_batch=2, block_records=3, unroll=False)  # groups of runs (0, 1) and (2,): 4 blocks each
+    plan = Plan(run_batch=2, block_records=3)  # groups of runs (0, 1) and (2,): 4 blocks each
     kw = dict(runs=3, params=None, plan=plan)
     whole = str(tmp_path / "whole.zarr")
     _rec(task, ["sgd", "momentum"], whole, **kw)

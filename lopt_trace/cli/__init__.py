@@ -56,25 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type for an integer in [low, high] (no upper bound when ``high`` is None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+#: argparse type for a positive integer
+positive_int = bounded_int(1, what="a positive integer")
+#: argparse type for a non-negative integer
+nonnegative_int = bounded_int(0, what="a non-negative integer")
 
 
 def positive_float(text: str) -> float:

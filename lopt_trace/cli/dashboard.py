@@ -6,6 +6,7 @@ import socket
 import sys
 import time
 
+from lopt_trace.cli import bounded_int
 from lopt_trace.errors import UserError
 
 
@@ -16,24 +17,12 @@ def add_parser(sub, name):
                     "dynamics and Gradients for STORE. Panels use the store's /analysis/* results "
                     "and offer to compute missing ones (see docs/dashboard.md). Stop with Ctrl-C.")
     p.add_argument("store", help="path or URL of a store written by `lopt-trace record`")
-    p.add_argument("--port", type=_port, default=5006,
+    p.add_argument("--port", type=bounded_int(0, 65535, "a port number in 0..65535"), default=5006,
                    help="port to serve on (default 5006; 0 picks a free one)")
     p.add_argument("--address", default="localhost",
                    help="address to listen on (default localhost; 0.0.0.0 serves every interface)")
     p.add_argument("--no-show", action="store_true", help="do not open a browser window")
     return p
-
-
-def _port(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {text!r}")
-    return value
 
 
 def _free_port(address: str) -> int:
