@@ -118,8 +118,13 @@ def missing(view, recipe: str, what: str, optimizer: str | None = None, on_compu
                         css_classes=["lopt-missing"], name=f"missing-{recipe}")
 
 
-def optimizer_select(view, name: str = "optimizer", value: str | None = None):
+def optimizer_select(view, name: str = "optimizer", value: str | None = None,
+                     options: list[str] | None = None):
+    """A selector of the store's optimizers (or of ``options``, a subset), starting at ``value``,
+    else the store's default optimizer when it is among the options, else the first option."""
     panel = pn()
-    options = view.optimizers
-    return widget(panel.widgets.Select, name, options=options, value=value or view.default_optimizer(),
-                  width=180)
+    options = list(view.optimizers if options is None else options)
+    value = value or view.default_optimizer()
+    if value not in options:
+        value = options[0] if options else None
+    return widget(panel.widgets.Select, name, options=options, value=value, width=180)

@@ -89,10 +89,7 @@ def build(view, rebuild=None):
     names = [n for n in view.optimizers if view.has_variable(n, "gradient_hist")]
     if not names:
         return notice("No optimizer group with a `gradient_hist` array: nothing to show.", "danger")
-    opt = optimizer_select(view)
-    opt.options = names
-    if opt.value not in names:
-        opt.value = names[0]
+    opt = optimizer_select(view, options=names)
     group = widget(panel.widgets.RadioButtonGroup, "group by", options=list(GROUP_BY), value="tensor")
     density = widget(panel.widgets.Checkbox, "normalise each histogram", value=True)
 

@@ -128,10 +128,7 @@ def build(view, rebuild=None):
     names = [n for n in view.optimizers if view.has_variable(n, "state")]
     if not names:
         return notice("No optimizer group with recorded states: nothing to show.", "danger")
-    opt = optimizer_select(view)
-    opt.options = names
-    if opt.value not in names:
-        opt.value = names[0]
+    opt = optimizer_select(view, options=names)
     run = widget(panel.widgets.Select, "run", width=140)
     tensor = widget(panel.widgets.Select, "tensor", width=200)
     param = widget(panel.widgets.IntSlider, "parameter (within the tensor's stored ones)", start=0, end=1,
