@@ -155,7 +155,9 @@ def test_a_widget_change_updates_a_plot(browser, server):
     # Overview: switching the loss axis from log to linear redraws the loss curves
     _click_tab(page, "Overview")
     _, before = _plots(page, PLOTS["Overview"], tab_class("Overview"))
-    page.get_by_text("log loss axis").first.click()
+    box = page.locator(f".{tab_class('Overview')} input[type=checkbox]").first
+    box.click()  # the "log loss axis" checkbox itself (a click on its label text can miss it)
+    assert not box.is_checked()
     deadline = time.time() + 30
     while time.time() < deadline:
         page.wait_for_timeout(300)
