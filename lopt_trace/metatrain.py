@@ -30,8 +30,9 @@ from lopt_trace.errors import UserError
 from lopt_trace.optimizers import LearnedGRU
 from lopt_trace.optimizers.io import save_optimizer
 from lopt_trace.tasks.base import Task
+from lopt_trace.tune import best_config
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
-from lopt_trace.unroll import InnerState, init_inner, run
+from lopt_trace.unroll import InnerState, init_inner, loss_curve, meta_objective, run
 from lopt_trace.zarr_io import exists, open_tree, remove, write_tree
 
 
@@ -50,6 +51,8 @@ class MetaTrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     first_order: bool = False       # drop second derivatives of the task loss (cheaper, approximate)
+    validation: int = 0             # held-back training-range problems scored at each checkpoint;
+                                    # > 0 also keeps the best-scoring θ (early stopping)
 
     def resolved(self, task: Task) -> "MetaTrainConfig":
         steps = self.steps or task.default_steps
@@ -59,6 +62,8 @@ class MetaTrainConfig:
         return cfg
 
     def validate(self) -> None:
+        if int(self.validation) < 0:
+            raise UserError(f"--validation must be a non-negative integer, got {self.validation}")
         for field in ("iterations", "batch", "steps", "truncation", "checkpoint_every"):
             if getattr(self, field) is not None and int(getattr(self, field)) < 1:
                 raise UserError(f"--{field.replace('_', '-')} must be a positive integer, got {getattr(self, field)}")
@@ -66,6 +71,10 @@ class MetaTrainConfig:
             raise UserError(f"--steps ({self.steps}) must be a multiple of --truncation ({self.truncation})")
         if not self.learning_rate > 0 or not self.grad_clip > 0 or self.l2 < 0:
             raise UserError("learning rate and clip must be positive and l2 non-negative")
+
+
+#: seed base of the validation problems (training range; far from meta-training's and tuning's)
+VALIDATION_SEED_BASE = 54321
 
 
 class Population(NamedTuple):
@@ -102,6 +111,18 @@ class MetaTrainer:
         self._step_fresh = jax.jit(lambda s: self._meta_step(s, fresh=True))
         self._step_cont = jax.jit(lambda s: self._meta_step(s, fresh=False))
         self._sample = jax.jit(jax.vmap(task.sample))
+        self._validate = None
+        if self.cfg.validation:
+            keys = seedlib.problem_keys(seedlib.train_seeds(VALIDATION_SEED_BASE, 0, self.cfg.validation))
+            problems = jax.vmap(task.sample)(keys)
+            steps = self.cfg.steps
+            one = lambda theta, p: meta_objective(loss_curve(task, optimizer, theta, p, steps))
+            scores = jax.jit(jax.vmap(one, in_axes=(None, 0)))
+            self._validate = lambda theta: float(np.mean(np.asarray(scores(theta, problems), np.float64)))
+
+    def validate(self, theta) -> float:
+        """Mean meta-objective of ``theta`` over the whole horizon on the validation problems."""
+        return self._validate(theta)
 
     # -- pieces --------------------------------------------------------------------------------
     def sample_population(self, theta, iteration: int) -> Population:
@@ -139,8 +160,12 @@ class MetaTrainer:
         return TrainState(theta, opt_state, pop), {"meta_loss": loss, "meta_grad_norm": grad_norm,
                                                    "skipped": ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)}
 
-    def init(self) -> TrainState:
-        theta = self.opt.init_theta(jax.random.PRNGKey(self.cfg.seed))
+    def init(self, theta0: dict | None = None) -> TrainState:
+        """The state before iteration 0: ``theta0`` (a warm start) or a fresh random θ."""
+        if theta0 is None:
+            theta = self.opt.init_theta(jax.random.PRNGKey(self.cfg.seed))
+        else:
+            theta = {k: jnp.asarray(v, jnp.float32) for k, v in theta0.items()}
         return TrainState(theta, self.tx.init(theta), self.sample_population(theta, 0))
 
     def step(self, state: TrainState, iteration: int) -> tuple[TrainState, dict]:
@@ -163,9 +188,21 @@ HISTORY_ATTRS = {
 }
 
 
+def best_of_search(ds: xr.Dataset) -> dict:
+    """The best candidate of a warm-start search with its objective, as stored in the settings."""
+    best = best_config(ds)
+    return {"theta": best["theta"], "objective": best["objective"], "objective_sem": best["sem"],
+            "samples": int(ds.sizes["sample"]), "problems": int(ds.sizes["problem"])}
+
+
 def history_dataset(records: dict[str, list], theta_checkpoints: list[dict],
-                    checkpoint_iterations: list[int]) -> xr.Dataset:
-    """The meta-training history: per-iteration metrics and θ along a ``checkpoint`` dim."""
+                    checkpoint_iterations: list[int], validation: list[float] | None = None,
+                    selected: int | None = None) -> xr.Dataset:
+    """The meta-training history: per-iteration metrics and θ along a ``checkpoint`` dim.
+
+    With validation, ``validation (checkpoint)`` holds each checkpoint's score and
+    ``selected_checkpoint`` the iteration of the θ that was kept.
+    """
     n = len(records.get("meta_loss", []))
     ds = xr.Dataset(coords={"iteration": ("iteration", np.arange(n, dtype=np.int64),
                                           {"long_name": "meta-iteration", "units": "1"})})
@@ -179,6 +216,13 @@ def history_dataset(records: dict[str, list], theta_checkpoints: list[dict],
         ds = ds.merge(theta_to_dataset(stacked, leading=("checkpoint",)))
         ds = ds.assign_coords(checkpoint=("checkpoint", np.asarray(checkpoint_iterations, np.int64),
                                           {"long_name": "iteration of the θ checkpoint", "units": "1"}))
+    if validation:
+        ds["validation"] = xr.Variable("checkpoint", np.asarray(validation, np.float64), {
+            "long_name": "meta-objective over the whole horizon on the validation problems",
+            "units": "1"})
+    if selected is not None:
+        ds["selected_checkpoint"] = xr.Variable((), np.int64(selected), {
+            "long_name": "iteration of the θ kept (lowest validation meta-objective)", "units": "1"})
     ds["skipped_total"] = xr.Variable((), np.int64(np.sum(ds["skipped"].values)),
                                       {"long_name": "number of skipped meta-iterations", "units": "1"})
     return ds
@@ -204,13 +248,31 @@ def checkpoint_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".checkpoint")
 
 
-def write_checkpoint(path, state: TrainState, iteration: int, history: xr.Dataset, settings: dict) -> None:
-    tree = xr.DataTree.from_dict({
+def write_checkpoint(path, state: TrainState, iteration: int, history: xr.Dataset, settings: dict,
+                     warm_start: xr.Dataset | None = None) -> None:
+    nodes = {
         "/": xr.Dataset(attrs={"next_iteration": int(iteration), "settings": settings}),
         "/state": _leaves_dataset(state),
         "/history": history,
-    })
-    write_tree(tree, path, overwrite=True)
+    }
+    if warm_start is not None:
+        nodes["/warm_start"] = warm_start
+    write_tree(xr.DataTree.from_dict(nodes), path, overwrite=True)
+
+
+def read_checkpoint_warm_start(out: str | os.PathLike) -> tuple[dict, xr.Dataset] | None:
+    """The optimizer configuration and warm-start search of an unfinished run writing ``out``.
+
+    ``None`` when there is no checkpoint or the run did not start warm. Resuming a warm-started
+    run uses these instead of searching again.
+    """
+    ckpt = checkpoint_path(out)
+    if not exists(ckpt):
+        return None
+    tree = open_tree(ckpt)
+    if "warm_start" not in tree.children:
+        return None
+    return dict(tree.attrs["settings"]["optimizer"]), tree["warm_start"].to_dataset().load()
 
 
 def read_checkpoint(path, template: TrainState):
@@ -226,10 +288,26 @@ def read_checkpoint(path, template: TrainState):
             tree["history"].to_dataset().load(), dict(tree.attrs["settings"]))
 
 
+def check_output(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """Raise :class:`UserError` unless a run may write ``out`` (checked before any work)."""
+    ckpt = checkpoint_path(out)
+    if exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+    if resume and not exists(ckpt):
+        raise UserError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
+    if not resume and exists(ckpt) and not overwrite:
+        raise UserError(f"an unfinished run left {ckpt}; pass --resume to continue it or --overwrite to start again")
+
+
 def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os.PathLike, *,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
-          stop_after: int | None = None, callback: Callable | None = None) -> xr.Dataset:
+          stop_after: int | None = None, callback: Callable | None = None,
+          theta0: dict | None = None, warm_start: xr.Dataset | None = None) -> xr.Dataset:
     """Meta-train and write the optimizer file to ``out``; returns the history.
+
+    ``theta0`` starts meta-training from given weights instead of random ones;
+    ``warm_start`` (the search that chose them, :mod:`lopt_trace.warm_start`) is then stored in
+    the optimizer file as the ``/warm_start`` group, and its best candidate in the settings.
 
     A checkpoint (``out`` + ``.checkpoint``) is written every ``checkpoint_every`` iterations and
     removed when training finishes. ``resume`` continues from it and gives the same result, bit
@@ -239,19 +317,17 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     trainer = MetaTrainer(task, optimizer, cfg)
     cfg = trainer.cfg
     settings = {**dataclasses.asdict(cfg), "optimizer": optimizer.config(), "task": task.config()}
+    if warm_start is not None:
+        settings["warm_start"] = {"kind": warm_start.attrs.get("warm_start"),
+                                  **best_of_search(warm_start)}
+    check_output(out, resume, overwrite)
     ckpt = checkpoint_path(out)
-    if exists(out) and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-    if resume and not exists(ckpt):
-        raise UserError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
     if not resume and exists(ckpt):
-        if not overwrite:
-            raise UserError(f"an unfinished run left {ckpt}; pass --resume to continue it or --overwrite to start again")
         remove(ckpt)
 
-    state = trainer.init()
+    state = trainer.init(theta0)
     records = {k: [] for k in HISTORY_ATTRS}
-    thetas, theta_iters = [], []
+    thetas, theta_iters, scores = [], [], []
     start = 0
     if resume:
         state, start, history, saved = read_checkpoint(ckpt, state)
@@ -261,7 +337,16 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
             records[k] = list(history[k].values)
         thetas = thetas_from_history(history)
         theta_iters = [int(i) for i in history["checkpoint"].values] if thetas else []
+        scores = list(history["validation"].values) if "validation" in history else []
 
+    def keep(theta, iteration):
+        thetas.append(jax.tree.map(np.asarray, theta))
+        theta_iters.append(iteration)
+        if cfg.validation:
+            scores.append(trainer.validate(theta))
+
+    if cfg.validation and start == 0:
+        keep(state.theta, 0)  # the starting θ competes too (a warm start may be the best)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     from tqdm.auto import tqdm
 
@@ -271,21 +356,31 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
         state, metrics = trainer.step(state, it)
         for k in records:
             records[k].append(metrics[k])
-        bar.set_postfix(meta_loss=f"{float(metrics['meta_loss']):.4f}", skipped=int(np.sum(records["skipped"])))
+        postfix = {"meta_loss": f"{float(metrics['meta_loss']):.4f}",
+                   "skipped": int(np.sum(records["skipped"]))}
+        if scores:
+            postfix["best_validation"] = f"{np.nanmin(scores):.4f}"
+        bar.set_postfix(postfix)
         if callback is not None:
             callback(it, metrics)
         done = it + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            thetas.append(jax.tree.map(np.asarray, state.theta))
-            theta_iters.append(done)
+            keep(state.theta, done)
             if done < cfg.iterations:
-                write_checkpoint(ckpt, state, done, history_dataset(records, thetas, theta_iters), settings)
+                write_checkpoint(ckpt, state, done, history_dataset(records, thetas, theta_iters, scores),
+                                 settings, warm_start)
     bar.close()
-    history = history_dataset(records, thetas, theta_iters)
     if end < cfg.iterations:
-        write_checkpoint(ckpt, state, end, history, settings)
-        return history
-    save_optimizer(out, optimizer, jax.tree.map(np.asarray, state.theta), task=task.config(),
-                   metatrain=settings, meta_train=history, overwrite=overwrite)
+        write_checkpoint(ckpt, state, end, history_dataset(records, thetas, theta_iters, scores),
+                         settings, warm_start)
+        return history_dataset(records, thetas, theta_iters, scores)
+    final, selected = jax.tree.map(np.asarray, state.theta), None
+    if cfg.validation:
+        finite = np.where(np.isfinite(scores), scores, np.inf)
+        best = int(np.argmin(finite))
+        final, selected = thetas[best], theta_iters[best]
+    history = history_dataset(records, thetas, theta_iters, scores, selected)
+    save_optimizer(out, optimizer, final, task=task.config(),
+                   metatrain=settings, meta_train=history, warm_start=warm_start, overwrite=overwrite)
     remove(ckpt)
     return history

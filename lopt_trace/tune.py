@@ -142,7 +142,8 @@ def make_evaluator(task: Task, optimizer: ComponentwiseOptimizer, steps: int,
                    objective: str = "meta") -> Callable:
     """A jitted ``(thetas, problems) -> scores (candidates, problems)``.
 
-    ``thetas`` is a dict of arrays with a leading candidate axis, ``problems`` a stacked
+    ``thetas`` is a dict of arrays with a leading candidate axis (any trailing shape, so a batch of
+    GRU weights works as well as a batch of learning rates), ``problems`` a stacked
     :class:`Problem`; the call vmaps over both.
     """
     if objective not in OBJECTIVES:
@@ -163,7 +164,8 @@ def default_batch(task: Task, problems: int, samples: int) -> int:
 
 def evaluate(task: Task, optimizer: ComponentwiseOptimizer, thetas: dict[str, np.ndarray],
              problems: Problem, steps: int, batch: int = 64, objective: str = "meta",
-             progress: bool = True, evaluator: Callable | None = None) -> tuple[np.ndarray, dict]:
+             progress: bool = True, evaluator: Callable | None = None,
+             label: str | None = None) -> tuple[np.ndarray, dict]:
     """Scores of all candidates on all problems, ``(candidates, problems)`` float32, and timings.
 
     Candidates go through ``evaluator`` (default :func:`make_evaluator`) at most ``batch`` at a
@@ -183,14 +185,14 @@ def evaluate(task: Task, optimizer: ComponentwiseOptimizer, thetas: dict[str, np
     fn = evaluator or make_evaluator(task, optimizer, steps, objective)
     out = np.empty((total, jax.tree.leaves(problems)[0].shape[0]), np.float32)
     first_s, rest_s, rest_n = 0.0, 0.0, 0
-    with tqdm(total=total, desc=f"tune {optimizer.name}", unit="cand", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"tune {label or optimizer.name}", unit="cand", disable=not progress) as bar:
         for i in range(n_batches):
             lo, hi = i * batch, min(total, (i + 1) * batch)
             chunk = {}
             for k in names:
                 v = np.asarray(thetas[k][lo:hi], np.float32)
                 if hi - lo < batch:
-                    v = np.concatenate([v, np.full(batch - (hi - lo), v[0], np.float32)])
+                    v = np.concatenate([v, np.repeat(v[:1], batch - (hi - lo), axis=0)])
                 chunk[k] = jnp.asarray(v)
             start = time.perf_counter()
             scores = np.asarray(jax.block_until_ready(fn(chunk, problems)))
@@ -224,13 +226,40 @@ def tune(task: Task, optimizer: str, samples: int = 2500, problems: int = 8,
       objective: ``"meta"`` (the meta-objective, default) or ``"final"`` (f_K / f_0).
       space: search space (default :data:`SEARCH_SPACES`); keys must be θ entries.
     """
-    if int(samples) < 1 or int(problems) < 1:
-        raise UserError("--samples and --seeds must be positive integers")
     opt = make_optimizer(optimizer)
     space = dict(space or search_space(optimizer))
-    unknown = set(space) - set(opt.init_theta())
+    default = {k: np.float32(v) for k, v in opt.init_theta().items()}
+    unknown = set(space) - set(default)
     if unknown:
         raise UserError(f"search space names {sorted(unknown)} are not hyperparameters of {optimizer}")
+
+    def to_theta(candidates):
+        n = len(next(iter(candidates.values())))
+        return {k: candidates[k] if k in candidates else np.full(n, default[k], np.float32)
+                for k in default}
+
+    ds = random_search(task, opt, space, to_theta, samples, problems, steps, batch, seed,
+                       seed_base, objective, progress, label=optimizer)
+    ds.attrs["fixed"] = {k: float(default[k]) for k in default if k not in space}
+    for k in default:
+        if k not in space:
+            ds[k] = xr.Variable("sample", np.full(int(samples), float(default[k])),
+                                {"long_name": f"{optimizer} {k} (fixed at its default)", "units": "1"})
+    return ds
+
+
+def random_search(task: Task, optimizer: ComponentwiseOptimizer, space: dict[str, LogUniform],
+                  to_theta: Callable[[dict[str, np.ndarray]], dict], samples: int, problems: int,
+                  steps: int | None = None, batch: int | None = None, seed: int = 0,
+                  seed_base: int = TUNE_SEED_BASE, objective: str = "meta", progress: bool = True,
+                  label: str | None = None) -> xr.Dataset:
+    """Random search over ``space``; ``to_theta`` maps candidates ``{name: (samples,)}`` to a
+    batch of θ for ``optimizer`` (leading axis: candidate). Returns the dataset described above
+    (one variable per name in ``space``); :func:`tune` and :mod:`lopt_trace.warm_start` use it.
+    """
+    if int(samples) < 1 or int(problems) < 1:
+        raise UserError("--samples and --seeds must be positive integers")
+    label = label or optimizer.name
     steps = int(steps or task.default_steps)
     seeds = tuning_seeds(problems, seed_base)
     if np.any(seeds >= seedlib.TEST_SEED_START):
@@ -238,11 +267,10 @@ def tune(task: Task, optimizer: str, samples: int = 2500, problems: int = 8,
     batch = int(batch or default_batch(task, problems, samples))
 
     candidates = sample_candidates(space, samples, seed)
-    default = {k: np.float32(v) for k, v in opt.init_theta().items()}
-    thetas = {k: candidates[k] if k in candidates else np.full(samples, default[k], np.float32)
-              for k in default}
+    thetas = to_theta(candidates)
     stacked = sample_problems(task, seeds)
-    scores, timing = evaluate(task, opt, thetas, stacked, steps, batch, objective, progress)
+    scores, timing = evaluate(task, optimizer, thetas, stacked, steps, batch, objective, progress,
+                              label=label)
 
     failed = ~np.all(np.isfinite(scores), axis=1)
     mean = np.where(failed, np.inf, np.mean(np.where(np.isfinite(scores), scores, 0.0), axis=1,
@@ -255,10 +283,9 @@ def tune(task: Task, optimizer: str, samples: int = 2500, problems: int = 8,
         "problem": ("problem", np.asarray(seeds, np.int64),
                     {"long_name": "problem seed (training range)", "units": "1"}),
     })
-    for k, v in thetas.items():
-        desc = space[k].describe() if k in space else "fixed at its default"
+    for k, v in candidates.items():
         ds[k] = xr.Variable("sample", np.asarray(v, np.float64),
-                            {"long_name": f"{optimizer} {k} ({desc})", "units": "1"})
+                            {"long_name": f"{label} {k} ({space[k].describe()})", "units": "1"})
     ds["objective"] = xr.Variable(("sample", "problem"), scores,
                                   {"long_name": OBJECTIVES[objective], "units": "1"})
     ds["mean_objective"] = xr.Variable("sample", mean,
@@ -268,11 +295,11 @@ def tune(task: Task, optimizer: str, samples: int = 2500, problems: int = 8,
                                {"long_name": "loss became NaN or Inf on at least one problem",
                                 "units": "1"})
     ds.attrs.update({
-        "optimizer": opt.config(),
+        "optimizer": optimizer.config(),
         "task": task.name,
         "task_config": task.config(),
         "search_space": {k: v.to_dict() for k, v in space.items()},
-        "fixed": {k: float(default[k]) for k in default if k not in space},
+        "fixed": {},
         "objective": objective,
         "objective_description": OBJECTIVES[objective],
         "steps": steps,

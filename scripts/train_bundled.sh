@@ -19,8 +19,9 @@ for task in "${tasks[@]}"; do
       lopt-trace train --task rosenbrock --units 32 --iterations 3000 --batch 32 \
         --input-scale 0.01 --output-scale 0.05 --out "$OUT/rosenbrock.zarr" --overwrite ;;
     two_moons)
-      lopt-trace train --task two_moons --units 16 --iterations 400 --batch 4 --truncation 50 \
-        --output-scale 0.03 --checkpoint-every 25 --out "$OUT/two_moons.zarr" --overwrite ;;
+      lopt-trace train --task two_moons --units 16 --iterations 150 --batch 4 --lr 5e-4 \
+        --warm-start sign-momentum --validation 8 --checkpoint-every 10 \
+        --out "$OUT/two_moons.zarr" --overwrite ;;
     mnist)
       lopt-trace train --task mnist --units 8 --iterations 50 --batch 1 --truncation 20 \
         --first-order --output-scale 0.01 --checkpoint-every 10 --out "$OUT/mnist.zarr" --overwrite ;;

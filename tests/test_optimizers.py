@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from lopt_trace.optimizers import (BASELINES, OPTIMIZERS, LearnedGRU, as_gradient_transformation,
-                                   make_optimizer, momentum_gru)
+                                   make_optimizer, momentum_gru, fold_scales, sign_momentum_gru)
 from lopt_trace.optimizers.io import load_optimizer, save_optimizer
 from lopt_trace.errors import UserError
 
@@ -102,6 +102,27 @@ def test_hand_built_momentum_gru_tracks_momentum():
         np.testing.assert_allclose(dxg, dxm, rtol=2e-3, atol=1e-6)
     jac = jax.jacobian(gru.F, argnums=1)(theta, hg[0], jnp.float32(0.3))
     assert float(jac[0, 0]) == pytest.approx(beta, rel=1e-6)
+
+
+def test_sign_momentum_gru_is_soft_sign_momentum_and_folding_keeps_it():
+    beta, lr, sharp = 0.8, 0.03, 50.0
+    gru, theta = sign_momentum_gru(beta, lr, sharp, units=5, key=jax.random.PRNGKey(1))
+    assert (gru.input_scale, gru.output_scale) == (sharp, pytest.approx(lr))
+    folded, ftheta = fold_scales(gru, theta)
+    assert (folded.input_scale, folded.output_scale) == (1.0, 1.0)
+    h, hf, v = gru.init_state(theta, 4), folded.init_state(ftheta, 4), np.zeros(4)
+    for g in 0.05 * jax.random.normal(jax.random.PRNGKey(0), (25, 4)):
+        h, dx = gru.step(theta, h, g)
+        hf, dxf = folded.step(ftheta, hf, g)
+        v = beta * v + np.tanh(sharp * np.asarray(g, np.float64))
+        np.testing.assert_allclose(dx, -lr * v, rtol=1e-4, atol=1e-7)   # v' = βv + tanh(sg), Δx = −αv'
+        np.testing.assert_allclose(dxf, dx, rtol=1e-5, atol=1e-8)
+    assert np.any(np.abs(np.asarray(h[:, 1:])) > 1e-3)  # the spare units run, silently
+    jac = jax.jacobian(gru.F, argnums=1)(theta, h[0], jnp.float32(0.01))
+    assert float(jac[0, 0]) == pytest.approx(beta, rel=1e-5)
+    assert np.allclose(jac[0, 1:], 0.0) and np.allclose(jac[1:, 0], 0.0)  # unit 0 is decoupled
+    with pytest.raises(ValueError, match="beta"):
+        sign_momentum_gru(1.0, lr, sharp)
 
 
 def test_optax_adapter_trains_a_model():

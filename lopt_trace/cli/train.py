@@ -33,6 +33,21 @@ def add_parser(sub, name):
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on θ (default 0)")
     p.add_argument("--input-scale", type=positive_float, default=None, help="gradient input scale (default per task)")
     p.add_argument("--output-scale", type=positive_float, default=None, help="readout output scale (default per task)")
+    w = p.add_argument_group("warm start", "start from a GRU set to tuned soft-sign momentum "
+                             "(see docs/metatrain.md) instead of random weights")
+    w.add_argument("--warm-start", choices=("sign-momentum",), default=None,
+                   help="search (β, α, s) of v' = βv + tanh(s·g), Δx = −αv' and start from the best; "
+                        "sets the GRU's input and output scales to s and α")
+    w.add_argument("--warm-start-samples", type=positive_int, default=64,
+                   help="random candidates of the warm-start search (default 64)")
+    w.add_argument("--warm-start-seeds", type=positive_int, default=4,
+                   help="training-range problems each candidate is scored on (default 4)")
+    w.add_argument("--warm-start-lr-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
+                   default=None, help="narrow the search's α range (default 1e-5 to 1)")
+    p.add_argument("--validation", type=nonnegative_int, default=0,
+                   help="score θ on this many held-back training-range problems over the whole "
+                        "horizon at the start and at every checkpoint, and keep the best θ "
+                        "(default 0: off, keep the last)")
     p.add_argument("--checkpoint-every", type=positive_int, default=50, help="checkpoint period (default 50)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="meta-training seed (default 0)")
     p.add_argument("--out", default=None, help="output optimizer file (default ./<task>-learned.zarr)")
@@ -50,19 +65,58 @@ def run(args) -> int:
     from lopt_trace.tasks import get_task
 
     task = get_task(args.task)
-    in_scale, out_scale = SCALES.get(args.task, (1.0, 0.01))
-    opt = LearnedGRU(units=args.units, input_scale=args.input_scale or in_scale,
-                     output_scale=args.output_scale or out_scale)
+    out = args.out or f"{args.task}-learned.zarr"
+    theta0 = warm = None
+    if args.warm_start:
+        opt, theta0, warm = _warm_start(args, task, out)
+    else:
+        in_scale, out_scale = SCALES.get(args.task, (1.0, 0.01))
+        opt = LearnedGRU(units=args.units, input_scale=args.input_scale or in_scale,
+                         output_scale=args.output_scale or out_scale)
     cfg = MetaTrainConfig(iterations=args.iterations, batch=args.batch, steps=args.steps,
                           truncation=args.truncation, learning_rate=args.lr, l2=args.l2,
                           seed=args.seed, checkpoint_every=args.checkpoint_every,
-                          first_order=args.first_order)
-    out = args.out or f"{args.task}-learned.zarr"
+                          first_order=args.first_order, validation=args.validation)
     start = time.perf_counter()
-    history = train(task, opt, cfg, out, resume=args.resume, overwrite=args.overwrite)
+    history = train(task, opt, cfg, out, resume=args.resume, overwrite=args.overwrite,
+                    theta0=theta0, warm_start=warm)
     loss = history["meta_loss"].values
     k = max(1, len(loss) // 10)
     print(f"meta-loss {loss[:k].mean():.4f} (first {k}) -> {loss[-k:].mean():.4f} (last {k}); "
           f"skipped {int(history['skipped_total'])}; {time.perf_counter() - start:.1f} s")
+    if "selected_checkpoint" in history:
+        scores = dict(zip(history["checkpoint"].values.tolist(), history["validation"].values.tolist()))
+        it = int(history["selected_checkpoint"])
+        print(f"validation meta-objective {scores[0] if 0 in scores else float('nan'):.4f} (start) -> "
+              f"{scores[max(scores)]:.4f} (end); kept θ of iteration {it} ({scores[it]:.4f})")
     print(f"wrote {out}")
     return 0
+
+
+def _warm_start(args, task, out):
+    """The warm-started GRU, θ and search; on --resume, the checkpoint's (no new search)."""
+    import jax
+
+    from lopt_trace.errors import UserError
+    from lopt_trace.metatrain import best_of_search, check_output, read_checkpoint_warm_start
+    from lopt_trace.optimizers import make_optimizer
+    from lopt_trace.warm_start import warm_start
+
+    if args.input_scale or args.output_scale:
+        raise UserError("--warm-start sets the input and output scales; drop --input-scale/--output-scale")
+    check_output(out, args.resume, args.overwrite)  # before a search that may take minutes
+    if args.resume:
+        saved = read_checkpoint_warm_start(out)
+        if saved is None:
+            raise UserError(f"no warm-started checkpoint to resume for {out}; run without --resume")
+        config, ds = saved
+        return make_optimizer(config), None, ds
+    opt, theta, ds = warm_start(task, args.units, key=jax.random.PRNGKey(args.seed),
+                                samples=args.warm_start_samples, problems=args.warm_start_seeds,
+                                steps=args.steps, lr_range=args.warm_start_lr_range)
+    best = best_of_search(ds)
+    p = best["theta"]
+    print(f"warm start: sign-momentum β={p['beta']:.4f} α={p['learning_rate']:.3g} "
+          f"s={p['sharpness']:.3g}, meta-objective {best['objective']:.4f} on "
+          f"{best['problems']} training problems")
+    return opt, theta, ds

@@ -6,7 +6,7 @@ from __future__ import annotations
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers.base import ComponentwiseOptimizer, Theta
 from lopt_trace.optimizers.baselines import BASELINES, SGD, Adam, Momentum, RMSProp
-from lopt_trace.optimizers.learned import LearnedGRU, momentum_gru
+from lopt_trace.optimizers.learned import LearnedGRU, fold_scales, momentum_gru, sign_momentum_gru
 from lopt_trace.optimizers.optax_adapter import ComponentwiseState, as_gradient_transformation
 
 OPTIMIZERS: dict[str, type[ComponentwiseOptimizer]] = {**BASELINES, "learned": LearnedGRU}
@@ -25,5 +25,6 @@ def make_optimizer(config: dict | str, **overrides) -> ComponentwiseOptimizer:
 
 
 __all__ = ["ComponentwiseOptimizer", "Theta", "SGD", "Momentum", "RMSProp", "Adam", "LearnedGRU",
-           "BASELINES", "OPTIMIZERS", "make_optimizer", "momentum_gru", "ComponentwiseState",
+           "BASELINES", "OPTIMIZERS", "make_optimizer", "momentum_gru",
+           "sign_momentum_gru", "fold_scales", "ComponentwiseState",
            "as_gradient_transformation"]

@@ -42,8 +42,13 @@ class TrainedOptimizer:
 
 def save_optimizer(path: str | os.PathLike, optimizer: ComponentwiseOptimizer, theta: dict, *,
                    task: dict | None = None, metatrain: dict | None = None,
-                   meta_train: xr.Dataset | None = None, overwrite: bool = False) -> None:
-    """Write ``theta`` and the optimizer's whole configuration to ``path`` (a Zarr folder)."""
+                   meta_train: xr.Dataset | None = None, warm_start: xr.Dataset | None = None,
+                   overwrite: bool = False) -> None:
+    """Write ``theta`` and the optimizer's whole configuration to ``path`` (a Zarr folder).
+
+    Groups: ``/theta``; ``/meta_train`` (the history) and ``/warm_start`` (the search a
+    warm-started run began from) when given.
+    """
     attrs = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -57,6 +62,8 @@ def save_optimizer(path: str | os.PathLike, optimizer: ComponentwiseOptimizer, t
              "/theta": theta_to_dataset({k: np.asarray(v) for k, v in theta.items()})}
     if meta_train is not None:
         nodes["/meta_train"] = meta_train
+    if warm_start is not None:
+        nodes["/warm_start"] = warm_start
     write_tree(xr.DataTree.from_dict(nodes), path, overwrite=overwrite)
 
 

@@ -92,3 +92,50 @@ def momentum_gru(beta: float, learning_rate: float, units: int = 1,
     # h'_0 ≈ (1 − β)·input_scale·(β v + g) when h_0 = (1 − β)·input_scale·v, so α·v' needs:
     theta["readout"] = jnp.zeros((u,), jnp.float32).at[0].set(-learning_rate / (z * input_scale))
     return opt, theta
+
+
+def sign_momentum_gru(beta: float, learning_rate: float, sharpness: float, units: int = 1,
+                      key: jax.Array | None = None) -> tuple[LearnedGRU, dict]:
+    """A GRU set by hand to *soft-sign momentum*, the warm start of :mod:`lopt_trace.warm_start`.
+
+    Unit 0 runs heavy-ball momentum on a saturating function of the gradient::
+
+        v' = β v + tanh(s · g),     Δx = −α v'
+
+    (linear, i.e. plain momentum with learning rate α·s, for |g| ≪ 1/s; sign-like, i.e. clipped,
+    for |g| ≫ 1/s). It is stored as h_0 = (1 − β) v with a constant update gate z = 1 − β, a
+    candidate tanh(s·g), and readout −1/(1 − β); the GRU's input and output scales are s and α,
+    so θ stays O(1). Unit 0 is decoupled from the others (zero recurrent weights in and out).
+    Units 1… start as :meth:`LearnedGRU.init_theta` makes them but with zero readout, so they do
+    not change the update until meta-training recruits them.
+    """
+    if not 0.0 < beta < 1.0 or not learning_rate > 0 or not sharpness > 0:
+        raise ValueError(f"need 0 < beta < 1 and positive learning_rate and sharpness, got "
+                         f"{beta}, {learning_rate}, {sharpness}")
+    opt = LearnedGRU(units=units, input_scale=sharpness, output_scale=learning_rate)
+    theta = {k: np.array(v) for k, v in opt.init_theta(key).items()}
+    for gate in GATES:
+        theta[f"U_{gate}"][0, :] = 0.0
+        theta[f"U_{gate}"][:, 0] = 0.0
+        theta[f"W_{gate}"][0] = 0.0
+        theta[f"b_{gate}"][0] = 0.0
+    z = 1.0 - beta
+    theta["b_z"][0] = np.log(z / (1.0 - z))
+    theta["W_h"][0] = 1.0
+    theta["readout"][0] = -1.0 / z
+    return opt, {k: jnp.asarray(v, jnp.float32) for k, v in theta.items()}
+
+
+def fold_scales(opt: LearnedGRU, theta: dict) -> tuple[LearnedGRU, dict]:
+    """The same optimizer with input and output scales 1, the scales moved into θ.
+
+    The input weights are multiplied by ``input_scale`` and the readout by ``output_scale``, so
+    every step is unchanged (up to rounding). Hyperparameter searches use this to put the scales
+    in θ, where they can vary from candidate to candidate under ``vmap``.
+    """
+    folded = LearnedGRU(units=opt.units, input_scale=1.0, output_scale=1.0, clip=opt.clip)
+    theta = dict(theta)
+    for gate in GATES:
+        theta[f"W_{gate}"] = theta[f"W_{gate}"] * opt.input_scale
+    theta["readout"] = theta["readout"] * opt.output_scale
+    return folded, theta
