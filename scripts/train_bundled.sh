@@ -23,8 +23,10 @@ for task in "${tasks[@]}"; do
         --warm-start sign-momentum --validation 8 --checkpoint-every 10 \
         --out "$OUT/two_moons.zarr" --overwrite ;;
     mnist)
-      lopt-trace train --task mnist --units 8 --iterations 50 --batch 1 --truncation 20 \
-        --first-order --output-scale 0.01 --checkpoint-every 10 --out "$OUT/mnist.zarr" --overwrite ;;
+      lopt-trace train --task mnist --units 16 --iterations 30 --batch 1 --truncation 20 \
+        --first-order --lr 5e-4 --validation 2 --warm-start sign-momentum \
+        --warm-start-samples 48 --warm-start-seeds 2 --warm-start-lr-range 3e-4 1e-2 \
+        --checkpoint-every 10 --out "$OUT/mnist.zarr" --overwrite ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac
 done

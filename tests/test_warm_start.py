@@ -107,3 +107,19 @@ def test_validation_scores_checkpoints_and_keeps_the_best_theta(tmp_path):
         np.testing.assert_array_equal(saved[k], kept[f"theta_{k}"].values[best])
     with pytest.raises(UserError, match="--validation"):
         MetaTrainConfig(validation=-1).validate()
+
+
+def test_cli_resumes_a_warm_started_run_without_searching_again(tmp_path):
+    task = get_task("rosenbrock")
+    opt, theta, ds = warm_start(task, 3, key=jax.random.PRNGKey(0), samples=6, problems=2, steps=10,
+                                progress=False)
+    out = tmp_path / "r.zarr"
+    cfg = MetaTrainConfig(iterations=4, batch=2, steps=10, checkpoint_every=2)  # the CLI's defaults
+    train(task, opt, cfg, out, progress=False, theta0=theta, warm_start=ds, stop_after=2)
+    r = _cli("train", "--task", "rosenbrock", "--steps", "10", "--units", "3", "--batch", "2",
+             "--iterations", "4", "--checkpoint-every", "2", "--warm-start", "sign-momentum",
+             "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "warm start:" not in r.stdout and f"wrote {out}" in r.stdout
+    assert load_optimizer(out).optimizer.config() == opt.config()
+    assert load_optimizer(out).meta_train.sizes["iteration"] == 4

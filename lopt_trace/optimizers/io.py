@@ -1,11 +1,12 @@
 """The trained-optimizer file: a small Zarr tree holding θ and everything needed to rebuild it.
 
-Layout (see docs/optimizer_file.md)::
+Layout (see docs/optimizers.md)::
 
     /             attrs: format, format_version, optimizer (config), task (config),
                          metatrain (settings), versions, created
     /theta        one variable per θ entry
     /meta_train   optional meta-training history (same schema as a store's /meta_train)
+    /warm_start   optional: the warm-start search meta-training began from
 """
 
 from __future__ import annotations
