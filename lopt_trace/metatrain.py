@@ -10,6 +10,10 @@ Defaults (:class:`MetaTrainConfig`): Adam with learning rate 3e-3 decayed expone
 ``lr_final_fraction`` (0.1) of it over all iterations, element-wise meta-gradient clipping at 1.0,
 meta-batch 8, no L2. Steps with a non-finite meta-loss or meta-gradient are skipped
 (``optax.apply_if_finite``) and counted.
+
+Optionally, training starts from given weights (``theta0``, e.g. a warm start from
+:mod:`lopt_trace.warm_start`) and, with ``validation > 0``, keeps the θ that scores best over the
+whole horizon on held-back training-range problems (the start included).
 """
 
 from __future__ import annotations
