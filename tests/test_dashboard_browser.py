@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from _dashboard_stores import full_store
 
-from lopt_trace.dashboard.screenshots import CANVASES, tab_class
+from lopt_trace.dashboard.screenshots import (CANVASES, TABS, free_port, start_dashboard, tab_class,
+                                              wait_for_server)
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-TABS = ("Overview", "State space", "Update functions", "Linear dynamics", "Gradients")
 #: Bokeh plots each tab must show (the full store has every analysis)
 PLOTS = {"Overview": 2, "State space": 3, "Update functions": 2, "Linear dynamics": 2, "Gradients": 2}
 
@@ -54,34 +51,18 @@ def browser():
         b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     store = full_store()
-    port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "dashboard-server.log", "w")
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lopt_trace.cli", "dashboard", store, "--port", str(port),
-                             "--address", "127.0.0.1", "--no-show"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = start_dashboard(store, free_port(), stdout=log, stderr=subprocess.STDOUT)
     try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                raise AssertionError(f"the dashboard exited with {proc.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the dashboard did not answer within 2 minutes")
+        try:
+            wait_for_server(proc, url, timeout=120.0)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}; see {log.name}") from None
         yield url, time.perf_counter() - started
     finally:
         proc.terminate()

@@ -93,6 +93,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_dashboard(store: str, port: int, **popen_kwargs) -> tuple[subprocess.Popen, str]:
+    """``lopt-trace dashboard STORE`` on ``127.0.0.1:port`` in a subprocess; returns it and its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "lopt_trace.cli", "dashboard", str(store), "--port",
+                             str(port), "--address", "127.0.0.1", "--no-show"], **popen_kwargs)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
+    """Return once ``url`` answers 200; raise RuntimeError if ``proc`` exits or ``timeout`` passes."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the dashboard exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"the dashboard did not answer within {timeout:.0f} s")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lopt_trace.dashboard.screenshots", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,22 +134,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     expected = [int(x) for x in args.plots.split(",")]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lopt_trace.cli", "dashboard", args.store, "--port",
-                             str(port), "--address", "127.0.0.1", "--no-show"])
+    proc, url = start_dashboard(args.store, free_port())
     timings = {}
     try:
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"the dashboard exited with code {proc.returncode}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        try:
+            wait_for_server(proc, url)
+        except RuntimeError as exc:
+            sys.exit(str(exc))
         timings["server_ready_s"] = time.perf_counter() - t0
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
