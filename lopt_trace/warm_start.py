@@ -34,6 +34,14 @@ SPACE = {
     "sharpness": LogUniform(1.0, 1e5),
 }
 
+#: the same with a normalised input (``input_norm``): |g / gmax| ≤ 1, so s is O(1) and the
+#: step size α is in parameter units
+SPACE_NORMALIZED = {
+    "beta": LogUniform(1e-2, 0.9, complement=True),
+    "learning_rate": LogUniform(1e-4, 1e-1),
+    "sharpness": LogUniform(0.1, 10.0),
+}
+
 
 def candidate_thetas(candidates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A batch of one-unit, scale-folded GRU θ, one per candidate (leading axis)."""
@@ -46,18 +54,23 @@ def candidate_thetas(candidates: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def search(task: Task, samples: int = 64, problems: int = 4, steps: int | None = None,
            batch: int | None = None, seed: int = 0, seed_base: int = TUNE_SEED_BASE,
-           lr_range: tuple[float, float] | None = None, progress: bool = True) -> xr.Dataset:
+           lr_range: tuple[float, float] | None = None, input_norm: float | None = None,
+           progress: bool = True) -> xr.Dataset:
     """Random search for (β, α, s); the dataset has dims ``sample`` and ``problem`` as in tuning.
 
-    ``lr_range`` narrows α's log-uniform range (for small searches on expensive tasks).
+    ``lr_range`` narrows α's log-uniform range (for small searches on expensive tasks);
+    ``input_norm`` searches the GRU with a normalised input (:class:`LearnedGRU`), over
+    :data:`SPACE_NORMALIZED`.
     """
-    space = dict(SPACE)
+    space = dict(SPACE if input_norm is None else SPACE_NORMALIZED)
     if lr_range is not None:
         space["learning_rate"] = LogUniform(*map(float, lr_range))
-    opt = LearnedGRU(units=1, input_scale=1.0, output_scale=1.0)
+    opt = LearnedGRU(units=1, input_scale=1.0, output_scale=1.0, input_norm=input_norm)
     ds = random_search(task, opt, space, candidate_thetas, samples, problems, steps, batch, seed,
                        seed_base, "meta", progress, label="warm start (sign-momentum)")
     ds.attrs["warm_start"] = "sign-momentum"
+    if input_norm is not None:
+        ds.attrs["input_norm"] = float(input_norm)
     return ds
 
 
@@ -66,5 +79,6 @@ def warm_start(task: Task, units: int, key: jax.Array | None = None, **search_kw
     """Search, then build the ``units``-unit GRU (and θ) that starts from the best candidate."""
     ds = search(task, **search_kwargs)
     p = best_config(ds)["theta"]
-    opt, theta = sign_momentum_gru(p["beta"], p["learning_rate"], p["sharpness"], units=units, key=key)
+    opt, theta = sign_momentum_gru(p["beta"], p["learning_rate"], p["sharpness"], units=units,
+                                   key=key, input_norm=search_kwargs.get("input_norm"))
     return opt, theta, ds

@@ -16,7 +16,7 @@ import xarray as xr
 
 from lopt_trace.analysis import group_pca, project, rebuild, run_group, s_curve, select_optimizer
 from lopt_trace.analysis.results import run_recipe
-from lopt_trace.analysis.sampling import gradient_quantile, initial_state
+from lopt_trace.analysis.sampling import analysis_start, gradient_quantile
 
 NAME = "adaptation"
 VERSION = "1"
@@ -32,7 +32,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, quantile: float = 0
     if g_max is None:
         g_max = gradient_quantile(ds, quantile)
         g_max = g_max if np.isfinite(g_max) and g_max > 0 else 1.0
-    out = s_curve(opt, theta, initial_state(ds), g_max, num, tol=tol, max_iter=max_iter)
+    out = s_curve(opt, theta, analysis_start(ds, opt), g_max, num, tol=tol, max_iter=max_iter)
     pcs, _ = group_pca(tree, name, n_components)
     out["projection"] = project(out["fixed_point"], pcs)
     out["components"] = pcs["components"]

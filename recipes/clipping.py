@@ -31,7 +31,7 @@ from lopt_trace.analysis import (
 )
 from lopt_trace.analysis._common import attrs
 from lopt_trace.analysis.results import run_recipe
-from lopt_trace.analysis.sampling import gradient_max, gradient_quantile, initial_state
+from lopt_trace.analysis.sampling import analysis_start, gradient_max, gradient_quantile
 
 NAME = "clipping"
 VERSION = "1"
@@ -42,7 +42,8 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_states: int = 16,
             curve_points: int = 201, displace: bool = True) -> xr.Dataset:
     """Update functions, saturation per state, and the fraction of gradients beyond it.
 
-    The states are the initial state, ``n_states`` states sampled along the trajectories and,
+    The states are the initial state (held components, such as the input-normalised GRU's
+    ``gmax``, at their recorded median: :func:`analysis_start`), ``n_states`` states sampled along the trajectories and,
     with ``displace``, the initial state moved along the first principal component of the
     recorded states by ±1 and ±2 standard deviations. ``g_max`` (default: 2 × the largest stored
     |g|, at least 2 × the 99.9th percentile over all parameters) bounds the gradient grid.
@@ -54,7 +55,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_states: int = 16,
         g_max = 2.0 * max(gradient_max(ds), gradient_quantile(ds, 0.999))
         g_max = g_max if np.isfinite(g_max) and g_max > 0 else 1.0
     samples = sample_states(ds["state"], n_states, seed)
-    h0 = initial_state(ds)
+    h0 = analysis_start(ds, opt)  # h0, held components (if any) at their recorded median
     labels = ["initial"] + [f"trajectory {i}" for i in range(samples.sizes["start"])]
     values = [h0.values[None], samples.values]
     if displace:

@@ -1,6 +1,7 @@
 """Learning-rate schedule (paper Fig. 5): what the optimizer does with no gradient at all.
 
-The state is iterated under F(θ, h, 0) from the initial state for as many steps as were recorded.
+The state is iterated under F(θ, h, 0) from the initial state for as many steps as were recorded
+(held components, such as the input-normalised GRU's ``gmax``, start at their recorded median).
 The effective learning rate along that autonomous trajectory is the schedule built into the
 optimizer (warm-up, decay); the share of the motion along the readout says whether the state
 drifts in a direction that moves the parameters by itself (see
@@ -18,7 +19,7 @@ import xarray as xr
 from lopt_trace.analysis import autonomous, effective_learning_rate, rebuild, run_group, select_optimizer
 from lopt_trace.analysis._common import attrs
 from lopt_trace.analysis.results import run_recipe
-from lopt_trace.analysis.sampling import initial_state, mean_state
+from lopt_trace.analysis.sampling import analysis_start, mean_state
 
 NAME = "schedule"
 VERSION = "1"
@@ -31,7 +32,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, steps: int | None =
     ds = run_group(tree, name)
     if steps is None:
         steps = int(tree.attrs.get("steps") or (int(ds["step"].max()) + 1))
-    auto = autonomous(opt, theta, initial_state(ds), int(steps))
+    auto = autonomous(opt, theta, analysis_start(ds, opt), int(steps))
     out = auto.rename({"step": "auto_step", "state": "auto_state", "update": "auto_update",
                        "effective_learning_rate": "auto_effective_learning_rate",
                        "readout_fraction": "auto_readout_fraction"})

@@ -111,3 +111,34 @@ def test_merge_scales_without_pairwise_python_loops():
     out = merge_fixed_points(raw, merge_tol=1e-5)
     assert time.perf_counter() - t < 5.0
     assert int((out["count"] > 0).sum()) == 3 and int(out["count"].sum()) == 10000
+
+
+def test_held_normaliser_stays_put_and_gives_the_exact_s_curve_slope():
+    from lopt_trace.analysis.adaptation import s_curve
+    from lopt_trace.optimizers import sign_momentum_gru
+
+    beta, lr, sharp, decay = 0.7, 0.01, 2.0, 0.99
+    opt, theta = sign_momentum_gru(beta, lr, sharp, units=3, key=jax.random.PRNGKey(0), input_norm=decay)
+    assert opt.held_state == ("gmax",)
+    rng = np.random.default_rng(1)
+    values = np.column_stack([rng.normal(size=(24, 3)), rng.uniform(1e-3, 1e-1, 24)])
+    out = fixed_points(opt, theta, _starts(values, list(opt.state_names)), 0.0)
+    assert out["converged"].all() and out.attrs["held"] == ["gmax"]
+    # every start solved the same system: gmax held at the starts' median, unit 0 at v* = 0
+    np.testing.assert_allclose(out["state"].sel(unit="gmax"), np.median(values[:, 3]), rtol=1e-12)
+    assert int(out["n_converged"].item()) == 24 and int(out["count"].isel(g_star=0, fixed_point=0)) >= 12
+    np.testing.assert_allclose(out["fixed_point_state"].isel(g_star=0, fixed_point=0).sel(unit="u0"),
+                               0.0, atol=1e-9)
+    # the S-curve from a state with gmax = G: η(0) = −∂Δx/∂g = α s / (δ G), exactly
+    G = 0.02
+    start = xr.DataArray(np.r_[np.zeros(3), G], dims="unit", coords={"unit": list(opt.state_names)})
+    curve = s_curve(opt, theta, start, g_max=0.05, num=5)
+    assert curve["converged"].all()
+    np.testing.assert_allclose(curve["fixed_point"].sel(unit="gmax"), G, rtol=1e-12)
+    np.testing.assert_allclose(float(curve["effective_learning_rate"].isel(arm=0, g_abs=0)),
+                               lr * sharp / (decay * G), rtol=1e-4)
+    # not held, gmax would decay to its own fixed point 0, where the input is sign(g)
+    free = LearnedGRU(units=3, input_scale=sharp, output_scale=lr, input_norm=decay)
+    free.held_state = ()
+    raw = fixed_points(free, theta, _starts(values, list(opt.state_names)), 0.0)
+    assert float(np.abs(raw["state"].sel(unit="gmax")).max()) < 1e-6  # from ~5e-2; tol / (1 − δ)

@@ -125,6 +125,35 @@ def test_sign_momentum_gru_is_soft_sign_momentum_and_folding_keeps_it():
         sign_momentum_gru(1.0, lr, sharp)
 
 
+def test_input_normalised_gru_sees_g_over_its_running_max():
+    beta, lr, sharp, decay = 0.6, 4e-3, 1.5, 0.9
+    gru, theta = sign_momentum_gru(beta, lr, sharp, units=3, key=jax.random.PRNGKey(1), input_norm=decay)
+    assert gru.state_names == ("u0", "u1", "u2", "gmax")
+    rebuilt = make_optimizer(gru.config())
+    assert rebuilt.input_norm == decay and rebuilt.state_names == gru.state_names
+    assert "input_norm" not in LearnedGRU(units=2).config()  # raw-gradient files are unchanged
+    # components with gradients six orders of magnitude apart, and one that is always zero
+    scale = jnp.array([1e-4, 1e-2, 1.0, 0.0, 3.0])
+    grads = scale * jax.random.normal(jax.random.PRNGKey(0), (30, 5))
+    # first step: g / gmax' = sign(g), so the step is the same size at every gradient scale
+    first = gru.step(theta, gru.init_state(theta, 5), grads[0])[1]
+    np.testing.assert_allclose(first, -lr * np.tanh(sharp) * np.sign(grads[0]), rtol=1e-5)
+    h, u, v = gru.init_state(theta, 5), np.zeros(5), np.zeros(5)
+    for g in grads:
+        h, dx = gru.step(theta, h, g)
+        g = np.asarray(g, np.float64)
+        u = np.maximum(decay * u, np.abs(g))
+        v = beta * v + np.tanh(sharp * np.divide(g, u, out=np.zeros(5), where=u > 0))
+        np.testing.assert_allclose(dx, -lr * v, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(h[:, -1], u, rtol=1e-6)
+    assert np.all(np.isfinite(np.asarray(h))) and float(first[3]) == 0.0  # zero gradient: no step
+    folded, ftheta = fold_scales(gru, theta)
+    g = jnp.full(5, 0.01)
+    np.testing.assert_allclose(folded.step(ftheta, h, g)[1], gru.step(theta, h, g)[1], rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="input_norm"):
+        LearnedGRU(units=2, input_norm=1.5)
+
+
 def test_optax_adapter_trains_a_model():
     # a small least-squares model with nested params, trained by momentum through the adapter
     key = jax.random.PRNGKey(0)

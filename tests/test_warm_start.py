@@ -14,7 +14,7 @@ from lopt_trace.optimizers.io import load_optimizer
 from lopt_trace.tasks import get_task
 from lopt_trace.tune import best_config, sample_problems, tuning_seeds
 from lopt_trace.unroll import loss_curve, meta_objective
-from lopt_trace.warm_start import SPACE, search, warm_start
+from lopt_trace.warm_start import SPACE, SPACE_NORMALIZED, search, warm_start
 
 
 def test_search_scores_and_the_warm_gru_reproduces_the_best_candidate():
@@ -33,6 +33,20 @@ def test_search_scores_and_the_warm_gru_reproduces_the_best_candidate():
     # the 6-unit GRU starts exactly as the one-unit candidate that was scored
     problems = sample_problems(task, tuning_seeds(3))
     curves = jax.vmap(lambda p: loss_curve(task, opt, theta, p, 30))(problems)
+    np.testing.assert_allclose(meta_objective(curves), ds["objective"].values[best["sample"]], rtol=2e-3)
+
+
+def test_normalised_input_warm_start_searches_its_own_space_and_reproduces_the_best():
+    task = get_task("two_moons", steps=25)
+    opt, theta, ds = warm_start(task, units=4, key=jax.random.PRNGKey(0), samples=12, problems=2,
+                                input_norm=0.999, progress=False)
+    assert opt.input_norm == 0.999 and opt.state_names[-1] == "gmax"
+    assert ds.attrs["input_norm"] == 0.999
+    s = SPACE_NORMALIZED["sharpness"]
+    assert np.all((ds["sharpness"] >= s.low * 0.999) & (ds["sharpness"] <= s.high * 1.001))
+    best = best_config(ds)
+    problems = sample_problems(task, tuning_seeds(2))
+    curves = jax.vmap(lambda p: loss_curve(task, opt, theta, p, 25))(problems)
     np.testing.assert_allclose(meta_objective(curves), ds["objective"].values[best["sample"]], rtol=2e-3)
 
 
@@ -82,6 +96,14 @@ def test_cli_warm_start(tmp_path):
     r = _cli(*base[:-1], str(tmp_path / "new.zarr"), "--iterations", "2", "--resume")
     assert r.returncode == 2 and "nothing to resume" in r.stderr
     assert not (tmp_path / "new.zarr").exists()
+    r = _cli(*base[:-1], str(tmp_path / "n.zarr"), "--input-norm", "1.5")
+    assert r.returncode == 2 and "[0, 1]" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli(*base[:-1], str(tmp_path / "n.zarr"), "--input-norm", "0.999", "--iterations", "2")
+    assert r.returncode == 0, r.stderr
+    assert "warm start: normalised sign-momentum" in r.stdout
+    normed = load_optimizer(tmp_path / "n.zarr")
+    assert normed.optimizer.input_norm == 0.999 and normed.optimizer.state_names[-1] == "gmax"
+    assert xr.open_datatree(tmp_path / "n.zarr", engine="zarr")["warm_start"].attrs["input_norm"] == 0.999
 
 
 def test_validation_scores_checkpoints_and_keeps_the_best_theta(tmp_path):

@@ -15,6 +15,12 @@ Tolerance (documented): a start has **converged** when
 
 The error in h* itself is about the residual divided by 1 − |λ_max| (the slowest mode).
 
+**Held components.** State components an optimizer lists in ``held_state`` (a gradient
+normaliser such as the input-normalised GRU's ``gmax``, which decays to 0 without gradients) are
+not solved for: they keep their starting value, and the solver finds fixed points of the other
+components *given* them. :func:`find_fixed_points` sets them to their median over the starts, so
+all starts solve the same system.
+
 :func:`merge_fixed_points` merges converged solutions within about ``merge_tol`` of each other
 (grid hashing, then connected components of a k-d-tree's neighbour graph of the occupied cells;
 no Python loop over pairs), keeps for each the
@@ -48,8 +54,10 @@ def solve_one_fn(opt, theta, method: str = "lm", tol: float = 1e-9, max_iter: in
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
-    def res(h, g):
-        return opt.F(theta, h, g) - h
+    free = jnp.asarray(free_mask(opt))
+
+    def res(h, g):  # held components: zero residual, and (below) zero Jacobian columns
+        return (opt.F(theta, h, g) - h) * free
 
     def done(h, r):
         return jnp.max(jnp.abs(r)) <= tol * (1.0 + jnp.max(jnp.abs(h)))
@@ -67,10 +75,10 @@ def solve_one_fn(opt, theta, method: str = "lm", tol: float = 1e-9, max_iter: in
             h, r, mu, it, _ = c
             if method == "gd":
                 _, vjp = jax.vjp(lambda hh: res(hh, g), h)
-                h_new = h - learning_rate * vjp(r)[0]
+                h_new = h - learning_rate * vjp(r)[0] * free
                 r_new = res(h_new, g)
                 return h_new, r_new, mu, it + 1, done(h_new, r_new)
-            jac = jax.jacfwd(res)(h, g)
+            jac = jax.jacfwd(res)(h, g) * free  # held columns zero: steps leave them alone
             if method == "gn":
                 step = -jnp.linalg.lstsq(jac, r)[0]
             else:
@@ -90,6 +98,20 @@ def solve_one_fn(opt, theta, method: str = "lm", tol: float = 1e-9, max_iter: in
         return h, 0.5 * jnp.sum(r * r), conv, it
 
     return solve_one
+
+
+def free_mask(opt) -> np.ndarray:
+    """(d,) float mask: 1 for the state components the solver solves for, 0 for held ones."""
+    held = set(getattr(opt, "held_state", ()))
+    return np.array([0.0 if n in held else 1.0 for n in opt.state_names], dtype=np.float64)
+
+
+def hold_at_median(opt, h0: np.ndarray) -> np.ndarray:
+    """Starts ``(n, d)`` with every held component set to its median over the starts."""
+    free = free_mask(opt).astype(bool)
+    if free.all() or len(h0) == 0:
+        return h0
+    return np.where(free, h0, np.nanmedian(h0, axis=0))
 
 
 def make_solver(opt, theta, method: str = "lm", tol: float = 1e-9, max_iter: int = 100,
@@ -126,7 +148,8 @@ def find_fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, noise: float
     """Solve F(θ, h, g*) = h from every start (``(start, unit)``) for every g* value.
 
     ``noise`` adds Gaussian noise to the starts, scaled by each unit's standard deviation over
-    the starts. Returns a Dataset over ``(g_star, start, unit)`` with ``start_state``, ``state``
+    the starts. Components in ``opt.held_state`` are set to their median over the starts and
+    held there. Returns a Dataset over ``(g_star, start, unit)`` with ``start_state``, ``state``
     (the solution), ``q`` (½‖F − h‖²), ``converged`` and ``iterations``.
     """
     starts = starts.transpose(..., UNIT)
@@ -137,6 +160,7 @@ def find_fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, noise: float
     if noise > 0:
         rng = np.random.default_rng(seed)
         h0 = h0 + noise * h0.std(axis=0, keepdims=True) * rng.standard_normal(h0.shape)
+    h0 = hold_at_median(opt, h0)
     gs = np.atleast_1d(np.asarray(g_star, dtype=np.float64))
     solve = make_solver(opt, theta64(theta), method, tol, max_iter, learning_rate)
     h, q, conv, it = (np.asarray(a) for a in solve(jnp.asarray(h0), jnp.asarray(gs)))
@@ -154,7 +178,7 @@ def find_fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, noise: float
         },
         coords=coords,
         attrs={"method": method, "tol": float(tol), "max_iter": int(max_iter),
-               "noise": float(noise)},
+               "noise": float(noise), "held": list(getattr(opt, "held_state", ()))},
     )
 
 
@@ -268,6 +292,8 @@ def fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, merge_tol: float 
 __all__ = [
     "find_fixed_points",
     "fixed_points",
+    "free_mask",
+    "hold_at_median",
     "float64",
     "make_solver",
     "merge_fixed_points",

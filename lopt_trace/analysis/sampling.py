@@ -11,12 +11,31 @@ import xarray as xr
 
 from lopt_trace.analysis._common import UNIT
 from lopt_trace.analysis.adaptation import gradient_range
+from lopt_trace.analysis.fixed_points import sample_states
 
 
 def initial_state(ds: xr.Dataset) -> xr.DataArray:
     """h0 as one ``unit`` vector: the mean of ``initial_state`` over the stored parameters
     (every parameter starts from the same state for all optimizers lopt-trace ships)."""
     return ds["initial_state"].astype(np.float64).mean("param").compute()
+
+
+def analysis_start(ds: xr.Dataset, opt, n: int = 256, seed: int = 0) -> xr.DataArray:
+    """:func:`initial_state`, with the components in ``opt.held_state`` set to their median over
+    ``n`` states sampled along the recorded trajectories (for the other components it is h0).
+
+    A held component such as a gradient normaliser starts at 0, where it carries no scale; the
+    analyses that start from h0 (S-curve, autonomous schedule, update functions) use the typical
+    recorded value instead. Without held components this is exactly :func:`initial_state`.
+    """
+    h0 = initial_state(ds)
+    held = [i for i, name in enumerate(opt.state_names) if name in getattr(opt, "held_state", ())]
+    if not held:
+        return h0
+    picked = sample_states(ds["state"], n, seed)
+    values = h0.values.copy()
+    values[held] = np.nanmedian(picked.values[:, held], axis=0)
+    return h0.copy(data=values)
 
 
 def recorded_pairs(ds: xr.Dataset, n: int = 512, seed: int = 0):
@@ -70,4 +89,4 @@ def mean_state(ds: xr.Dataset) -> xr.DataArray:
     return out.drop_vars([c for c in out.coords if c not in ("step", UNIT)])
 
 
-__all__ = ["gradient_max", "gradient_quantile", "initial_state", "mean_state", "recorded_pairs"]
+__all__ = ["analysis_start", "gradient_max", "gradient_quantile", "initial_state", "mean_state", "recorded_pairs"]

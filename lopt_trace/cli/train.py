@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lopt_trace.cli import nonnegative_int, positive_float, positive_int, task_name
+from lopt_trace.cli import nonnegative_int, positive_float, positive_int, task_name, unit_interval
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
@@ -33,17 +33,21 @@ def add_parser(sub, name):
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on θ (default 0)")
     p.add_argument("--input-scale", type=positive_float, default=None, help="gradient input scale (default per task)")
     p.add_argument("--output-scale", type=positive_float, default=None, help="readout output scale (default per task)")
+    p.add_argument("--input-norm", type=unit_interval, default=None, metavar="DECAY",
+                   help="normalise the GRU's input by the running max of |g| (AdaMax's u, decayed "
+                        "by DECAY per step, e.g. 0.9999); default: raw gradients")
     w = p.add_argument_group("warm start", "start from a GRU set to tuned soft-sign momentum "
                              "(see docs/metatrain.md) instead of random weights")
     w.add_argument("--warm-start", choices=("sign-momentum",), default=None,
-                   help="search (β, α, s) of v' = βv + tanh(s·g), Δx = −αv' and start from the best; "
-                        "sets the GRU's input and output scales to s and α")
+                   help="search (β, α, s) of v' = βv + tanh(s·g), Δx = −αv' (g / gmax with "
+                        "--input-norm) and start from the best; sets the GRU's input and output "
+                        "scales to s and α")
     w.add_argument("--warm-start-samples", type=positive_int, default=64,
                    help="random candidates of the warm-start search (default 64)")
     w.add_argument("--warm-start-seeds", type=positive_int, default=4,
                    help="training-range problems each candidate is scored on (default 4)")
     w.add_argument("--warm-start-lr-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
-                   default=None, help="narrow the search's α range (default 1e-5 to 1)")
+                   default=None, help="narrow the search's α range (default 1e-5 to 1; 1e-4 to 0.1 with --input-norm)")
     p.add_argument("--validation", type=nonnegative_int, default=0,
                    help="score θ on this many held-back training-range problems over the whole "
                         "horizon at the start and at every checkpoint, and keep the best θ "
@@ -71,8 +75,10 @@ def run(args) -> int:
         opt, theta0, warm = _warm_start(args, task, out)
     else:
         in_scale, out_scale = SCALES.get(args.task, (1.0, 0.01))
+        if args.input_norm is not None:
+            in_scale = 1.0  # the normalised input is in [-1, 1]
         opt = LearnedGRU(units=args.units, input_scale=args.input_scale or in_scale,
-                         output_scale=args.output_scale or out_scale)
+                         output_scale=args.output_scale or out_scale, input_norm=args.input_norm)
     cfg = MetaTrainConfig(iterations=args.iterations, batch=args.batch, steps=args.steps,
                           truncation=args.truncation, learning_rate=args.lr, l2=args.l2,
                           seed=args.seed, checkpoint_every=args.checkpoint_every,
@@ -113,10 +119,11 @@ def _warm_start(args, task, out):
         return make_optimizer(config), None, ds
     opt, theta, ds = warm_start(task, args.units, key=jax.random.PRNGKey(args.seed),
                                 samples=args.warm_start_samples, problems=args.warm_start_seeds,
-                                steps=args.steps, lr_range=args.warm_start_lr_range)
+                                steps=args.steps, lr_range=args.warm_start_lr_range,
+                                input_norm=args.input_norm)
     best = best_of_search(ds)
     p = best["theta"]
-    print(f"warm start: sign-momentum β={p['beta']:.4f} α={p['learning_rate']:.3g} "
+    print(f"warm start: {'normalised ' if args.input_norm is not None else ''}sign-momentum β={p['beta']:.4f} α={p['learning_rate']:.3g} "
           f"s={p['sharpness']:.3g}, meta-objective {best['objective']:.4f} on "
           f"{best['problems']} training problems")
     return opt, theta, ds

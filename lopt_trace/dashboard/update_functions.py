@@ -60,12 +60,12 @@ def trajectory(view, name: str, run, param: int) -> xr.DataArray:
 def update_curves(view, name: str, state: xr.DataArray, g_max: float, num: int = 201):
     """``(g, Δx at the state, Δx at h0)``."""
     from lopt_trace.analysis import update_function
-    from lopt_trace.analysis.sampling import initial_state
+    from lopt_trace.analysis.sampling import analysis_start
 
     opt, theta = view.rebuild(name)
     g = np.linspace(-g_max, g_max, num)
     both = xr.concat([state.drop_vars([c for c in state.coords if c != "unit"]),
-                      initial_state(view.group(name))], dim="which")
+                      analysis_start(view.group(name), opt)], dim="which")
     out = update_function(opt, theta, both, g)
     return g, np.asarray(out.isel(which=0).values), np.asarray(out.isel(which=1).values)
 

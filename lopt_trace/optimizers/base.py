@@ -34,6 +34,10 @@ class ComponentwiseOptimizer:
     name: str = ""
     #: labels of the d state components (the ``unit`` coordinate in a store)
     state_names: tuple[str, ...] = ()
+    #: state components that fixed-point analyses hold at a given value instead of solving for:
+    #: scales and clocks with no fixed point of their own worth analysing (e.g. a normaliser that
+    #: decays to 0 without gradients); see :mod:`lopt_trace.analysis.fixed_points`
+    held_state: tuple[str, ...] = ()
 
     def __init__(self, clip: float | None = None):
         if clip is not None and not clip > 0:
