@@ -68,6 +68,15 @@ def _summary(recipe: str, ds) -> str:
         return f"({recipe} summary unavailable: {type(exc).__name__})"
 
 
+def _analysis(view: StoreView, fig: Figure):
+    """The figure's ``/analysis/<recipe>`` group, or None after setting ``fig.problem`` to the
+    command that computes it."""
+    ds = view.analysis(fig.recipe)
+    if ds is None:
+        fig.problem = f"no /analysis/{fig.recipe}; run `{view.command(fig.recipe)}`"
+    return ds
+
+
 def figure_1(view: StoreView) -> Figure:
     from lopt_trace.dashboard import overview
 
@@ -110,9 +119,8 @@ def figure_3(view: StoreView) -> Figure:
                  "coloured by each mode's learning rate α_i. (c) α_i against the momentum timescale "
                  "β_i = |λ_i|, with the tuned heavy-ball momentum marked. A slow mode with α > 0 "
                  "is momentum.")
-    mom = view.analysis("momentum")
+    mom = _analysis(view, fig)
     if mom is None:
-        fig.problem = f"no /analysis/momentum; run `{view.command('momentum')}`"
         return fig
     name = str(mom.attrs.get("optimizer", view.default_optimizer()))
     pcs, tv, _src, df, fixed, h0, k = state_space.prepared(view, name)
@@ -147,9 +155,8 @@ def figure_4(view: StoreView) -> Figure:
                  "tuned learning rate (dotted) and the saturation threshold (red dashed: the update "
                  "falls 10% below its linear part). (b) Magnitudes of every recorded gradient, with "
                  "the threshold. Saturation acts like gradient clipping.")
-    clip = view.analysis("clipping")
+    clip = _analysis(view, fig)
     if clip is None:
-        fig.problem = f"no /analysis/clipping; run `{view.command('clipping')}`"
         return fig
     h = hv()
     a = clip.attrs
@@ -194,9 +201,8 @@ def figure_5(view: StoreView) -> Figure:
                  "with no gradient at all (warm-up, decay); the effective learning rate at the "
                  "recorded mean state is shown for comparison. (b) The share of that autonomous "
                  "motion that lies along the readout.")
-    sch = view.analysis("schedule")
+    sch = _analysis(view, fig)
     if sch is None:
-        fig.problem = f"no /analysis/schedule; run `{view.command('schedule')}`"
         return fig
     h = hv()
     curves = [h.Curve((sch["auto_step"].values, sch["auto_effective_learning_rate"].values), "step",
@@ -226,9 +232,8 @@ def figure_6(view: StoreView) -> Figure:
                  "components of the recorded states; colour is g*. (b) Effective learning rate at "
                  "those fixed points against |g*| on each arm: an optimizer that adapts its step "
                  "size lowers it where gradients are large.")
-    ad = view.analysis("adaptation")
+    ad = _analysis(view, fig)
     if ad is None:
-        fig.problem = f"no /analysis/adaptation; run `{view.command('adaptation')}`"
         return fig
     h = hv()
     colours = {"negative": "#1f77b4", "positive": "#d62728"}

@@ -23,9 +23,9 @@ for task in "${tasks[@]}"; do
         --warm-start sign-momentum --validation 8 --checkpoint-every 10 \
         --out "$OUT/two_moons.zarr" --overwrite ;;
     mnist)
-      lopt-trace train --task mnist --units 16 --iterations 30 --batch 1 --truncation 20 \
-        --first-order --lr 5e-4 --validation 2 --warm-start sign-momentum \
-        --warm-start-samples 48 --warm-start-seeds 2 --warm-start-lr-range 3e-4 1e-2 \
+      lopt-trace train --task mnist --units 16 --input-norm 0.9999 --iterations 100 --batch 2 \
+        --truncation 20 --first-order --lr 5e-4 --validation 4 --warm-start sign-momentum \
+        --warm-start-samples 32 --warm-start-seeds 2 --warm-start-lr-range 1e-3 3e-2 \
         --checkpoint-every 10 --out "$OUT/mnist.zarr" --overwrite ;;
     *) echo "unknown task $task" >&2; exit 2 ;;
   esac
