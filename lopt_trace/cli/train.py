@@ -47,7 +47,8 @@ def add_parser(sub, name):
     w.add_argument("--warm-start-seeds", type=positive_int, default=4,
                    help="training-range problems each candidate is scored on (default 4)")
     w.add_argument("--warm-start-lr-range", type=positive_float, nargs=2, metavar=("LOW", "HIGH"),
-                   default=None, help="narrow the search's α range (default 1e-5 to 1; 1e-4 to 0.1 with --input-norm)")
+                   default=None, help="narrow the search's α range (default 1e-5 to 1; "
+                                      "1e-4 to 0.1 with --input-norm)")
     p.add_argument("--validation", type=nonnegative_int, default=0,
                    help="score θ on this many held-back training-range problems over the whole "
                         "horizon at the start and at every checkpoint, and keep the best θ "
@@ -123,7 +124,8 @@ def _warm_start(args, task, out):
                                 input_norm=args.input_norm)
     best = best_of_search(ds)
     p = best["theta"]
-    print(f"warm start: {'normalised ' if args.input_norm is not None else ''}sign-momentum β={p['beta']:.4f} α={p['learning_rate']:.3g} "
+    kind = "normalised sign-momentum" if args.input_norm is not None else "sign-momentum"
+    print(f"warm start: {kind} β={p['beta']:.4f} α={p['learning_rate']:.3g} "
           f"s={p['sharpness']:.3g}, meta-objective {best['objective']:.4f} on "
           f"{best['problems']} training problems")
     return opt, theta, ds
