@@ -178,7 +178,7 @@ def find_fixed_points(opt, theta, starts: xr.DataArray, g_star=0.0, noise: float
         },
         coords=coords,
         attrs={"method": method, "tol": float(tol), "max_iter": int(max_iter),
-               "noise": float(noise), "held": list(getattr(opt, "held_state", ()))},
+               "noise": float(noise), "held": list(opt.held_state)},
     )
 
 

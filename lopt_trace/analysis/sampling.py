@@ -11,7 +11,7 @@ import xarray as xr
 
 from lopt_trace.analysis._common import UNIT
 from lopt_trace.analysis.adaptation import gradient_range
-from lopt_trace.analysis.fixed_points import sample_states
+from lopt_trace.analysis.fixed_points import free_mask, sample_states
 
 
 def initial_state(ds: xr.Dataset) -> xr.DataArray:
@@ -29,8 +29,8 @@ def analysis_start(ds: xr.Dataset, opt, n: int = 256, seed: int = 0) -> xr.DataA
     recorded value instead. Without held components this is exactly :func:`initial_state`.
     """
     h0 = initial_state(ds)
-    held = [i for i, name in enumerate(opt.state_names) if name in getattr(opt, "held_state", ())]
-    if not held:
+    held = np.flatnonzero(free_mask(opt) == 0)
+    if not len(held):
         return h0
     picked = sample_states(ds["state"], n, seed)
     values = h0.values.copy()
