@@ -26,9 +26,15 @@ def data_file(*parts: str) -> Path:
     return data_dir().joinpath(*parts)
 
 
-def optimizer_path(task: str) -> Path:
-    """Where the bundled learned optimizer for ``task`` lives."""
-    return data_file("optimizers", f"{task}.zarr")
+#: the bundled learned optimizers: spec -> file suffix. ``learned`` was meta-trained from random
+#: weights on raw gradients; ``learned-warm`` (two_moons and mnist only) started from a hand-set,
+#: tuned soft-sign-momentum GRU (see docs/bundled.md), so its mechanisms were put in by hand.
+LEARNED = {"learned": "", "learned-warm": "-warm"}
+
+
+def optimizer_path(task: str, variant: str = "learned") -> Path:
+    """Where the bundled learned optimizer ``variant`` (a key of :data:`LEARNED`) for ``task`` lives."""
+    return data_file("optimizers", f"{task}{LEARNED[variant]}.zarr")
 
 
 def tuned_path(task: str) -> Path:

@@ -31,7 +31,7 @@ from lopt_trace.unroll import loss_curve
 
 #: the optimizers Fig. 1 shows, in order
 DEFAULT_OPTIMIZERS = ("learned", "momentum", "rmsprop", "adam")
-ALL_OPTIMIZERS = ("learned", "sgd", "momentum", "rmsprop", "adam")
+ALL_OPTIMIZERS = ("learned", "learned-warm", "sgd", "momentum", "rmsprop", "adam")
 
 
 @dataclasses.dataclass
@@ -44,17 +44,17 @@ class Entry:
     source: str
 
 
-def learned_entry(task: str, path: str | os.PathLike | None = None) -> Entry:
-    """The learned optimizer from ``path`` (default: the bundled one for ``task``)."""
+def learned_entry(task: str, path: str | os.PathLike | None = None, variant: str = "learned") -> Entry:
+    """The learned optimizer from ``path`` (default: the bundled ``variant`` for ``task``)."""
     from lopt_trace.optimizers.io import load_optimizer
 
-    file = Path(path) if path else bundled.optimizer_path(task)
+    file = Path(path) if path else bundled.optimizer_path(task, variant)
     loaded = load_optimizer(file)
     trained_on = (loaded.task or {}).get("name")
     if trained_on not in (None, task):
         raise UserError(f"{file} was meta-trained on {trained_on!r}, not {task!r}; pass the "
                         f"optimizer file for {task!r}")
-    return Entry("learned", loaded.optimizer, loaded.theta, "bundled" if path is None else str(file))
+    return Entry(variant, loaded.optimizer, loaded.theta, "bundled" if path is None else str(file))
 
 
 def baseline_entry(task: str, name: str, tuned_file: str | os.PathLike | None = None,
@@ -91,13 +91,24 @@ def resolve(task: str, names: list[str] | None = None, learned: str | None = Non
     names = list(names or DEFAULT_OPTIMIZERS)
     entries, notes = [], []
     for name in names:
-        if name == "learned":
+        if name == "learned-warm":
+            path = bundled.optimizer_path(task, name)
+            if explicit or Path(path).exists():
+                entries.append(learned_entry(task, None, name))
+            else:
+                notes.append(f"no warm-started learned optimizer is bundled for {task}; skipped it")
+        elif name == "learned":
             path = learned or bundled.optimizer_path(task)
             if explicit or learned or Path(path).exists():
                 entries.append(learned_entry(task, learned))
             else:
                 notes.append(f"no bundled learned optimizer for {task} at {path}; skipped it "
                              f"(train one with `lopt-trace train --task {task}` and pass --learned PATH)")
+        elif name.startswith("optax:"):  # any component-wise optax transform, θ from the spec
+            from lopt_trace.optimizers.optax_wrap import optax_entry
+
+            _, opt, theta = optax_entry(name)
+            entries.append(Entry(name, opt, theta, "spec"))  # labelled by the spec as given
         elif name in BASELINES:
             entry = baseline_entry(task, name, tuned_file, untuned)
             if entry is None:
@@ -110,7 +121,7 @@ def resolve(task: str, names: list[str] | None = None, learned: str | None = Non
             else:
                 entries.append(entry)
         else:
-            raise UserError(f"unknown optimizer {name!r}; choose from: {', '.join(ALL_OPTIMIZERS)}")
+            raise UserError(f"unknown optimizer {name!r}; choose from: {', '.join(ALL_OPTIMIZERS)}, optax:NAME")
     if not entries:
         raise UserError(f"nothing to compare on {task}: " + " ".join(notes))
     return entries, notes
@@ -203,12 +214,13 @@ def format_table(summary: xr.Dataset, dim: str = "optimizer") -> str:
     meta = summary["meta_objective_mean"].values
     best = int(np.nanargmin(meta)) if np.any(np.isfinite(meta)) else -1
     sources = summary["source"].values if "source" in summary.coords else [""] * len(labels)
-    rows = [f"{'optimizer':<12}{'source':<10}{'meta-objective':>26}{'final loss':>28}",
-            "-" * 76]
+    width = max(12, 2 + max(len(label) for label in labels) + 1)  # room for '*' and a gap
+    rows = [f"{'optimizer':<{width}}{'source':<10}{'meta-objective':>26}{'final loss':>28}",
+            "-" * (width + 64)]
     for i, label in enumerate(labels):
         m = f"{meta[i]:.4g} ± {summary['meta_objective_sem'].values[i]:.2g}"
         f = f"{summary['final_loss_mean'].values[i]:.4g} ± {summary['final_loss_sem'].values[i]:.2g}"
-        rows.append(f"{label + ('*' if i == best else ''):<12}{sources[i]!s:<10}{m:>26}{f:>28}")
+        rows.append(f"{label + ('*' if i == best else ''):<{width}}{sources[i]!s:<10}{m:>26}{f:>28}")
     rows.append(f"mean ± sem over {int(summary['runs'])} held-out problems; * lowest meta-objective")
     return "\n".join(rows)
 
@@ -262,9 +274,9 @@ def paired_margins(loss: xr.DataArray, reference: str = "learned", dim: str = "o
     return out
 
 
-COLOURS = {"learned": "#d62728", "sgd": "#7f7f7f", "momentum": "#1f77b4", "rmsprop": "#2ca02c",
+COLOURS = {"learned": "#d62728", "learned-warm": "#9467bd", "sgd": "#7f7f7f", "momentum": "#1f77b4", "rmsprop": "#2ca02c",
            "adam": "#ff7f0e"}
-_EXTRA = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+_EXTRA = ("#8c564b", "#e377c2", "#bcbd22", "#17becf")
 
 
 def figure(curves: xr.Dataset, title: str | None = None):

@@ -11,6 +11,10 @@ Defaults (:class:`MetaTrainConfig`): Adam with learning rate 3e-3 decayed expone
 meta-batch 8, no L2. Steps with a non-finite meta-loss or meta-gradient are skipped
 (``optax.apply_if_finite``) and counted.
 
+The meta-gradient is exact backpropagation through each truncation (``estimator="bptt"``,
+optionally ``first_order``; :func:`lopt_trace.unroll.run_population`) or a persistent
+evolution-strategies estimate from forward unrolls (``estimator="pes"``, :mod:`lopt_trace.pes`).
+
 Optionally, training starts from given weights (``theta0``, e.g. a warm start from
 :mod:`lopt_trace.warm_start`) and, with ``validation > 0``, keeps the θ that scores best over the
 whole horizon on held-back training-range problems (the start included).
@@ -19,7 +23,10 @@ whole horizon on held-back training-range problems (the start included).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -29,6 +36,7 @@ import numpy as np
 import optax
 import xarray as xr
 
+from lopt_trace import pes as peslib
 from lopt_trace import seeds as seedlib
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import LearnedGRU
@@ -36,8 +44,10 @@ from lopt_trace.optimizers.io import save_optimizer
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune import best_config
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
-from lopt_trace.unroll import InnerState, init_inner, loss_curve, meta_objective, run
-from lopt_trace.zarr_io import exists, open_tree, remove, write_tree
+from lopt_trace.unroll import InnerState, init_inner, loss_curve, meta_objective, run_population
+from lopt_trace.store import locked_output
+from lopt_trace.zarr_io import (check_replaceable, exists, open_tree, probe_writable, remove,
+                                write_tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +67,19 @@ class MetaTrainConfig:
     first_order: bool = False       # drop second derivatives of the task loss (cheaper, approximate)
     validation: int = 0             # held-back training-range problems scored at each checkpoint;
                                     # > 0 also keeps the best-scoring θ (early stopping)
+    estimator: str = "bptt"         # meta-gradient: "bptt" (backpropagation) or "pes" (lopt_trace.pes)
+    pes_std: float = peslib.DEFAULT_STD      # σ of PES's perturbations
+    pes_pairs: int = peslib.DEFAULT_PAIRS    # PES's antithetic pairs per problem
+
+    def settings(self) -> dict:
+        """The settings stored with a run (checkpoint and optimizer file). The estimator's keys
+        appear only for ``pes``, so backpropagation's settings read as they did before there was
+        a choice (and old checkpoints resume)."""
+        settings = dataclasses.asdict(self)
+        if self.estimator == "bptt":
+            for key in ESTIMATOR_KEYS:
+                settings.pop(key)
+        return settings
 
     def resolved(self, task: Task) -> "MetaTrainConfig":
         steps = self.steps or task.default_steps
@@ -66,6 +89,15 @@ class MetaTrainConfig:
         return cfg
 
     def validate(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise UserError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.estimator == "pes":
+            if not (self.pes_std > 0 and math.isfinite(self.pes_std)):
+                raise UserError(f"--pes-std must be a positive number, got {self.pes_std}")
+            if int(self.pes_pairs) < 1:
+                raise UserError(f"--pes-pairs must be a positive integer, got {self.pes_pairs}")
+            if self.first_order:
+                raise UserError("--first-order applies to --estimator bptt; PES uses forward unrolls only")
         if int(self.validation) < 0:
             raise UserError(f"--validation must be a non-negative integer, got {self.validation}")
         for field in ("iterations", "batch", "steps", "truncation", "checkpoint_every"):
@@ -76,6 +108,11 @@ class MetaTrainConfig:
         if not self.learning_rate > 0 or not self.grad_clip > 0 or self.l2 < 0:
             raise UserError("learning rate and clip must be positive and l2 non-negative")
 
+
+#: meta-gradient estimators: backpropagation through the truncation, or PES (lopt_trace.pes)
+ESTIMATORS = ("bptt", "pes")
+#: the settings that belong to the estimator (stored only when it is not the default)
+ESTIMATOR_KEYS = ("estimator", "pes_std", "pes_pairs")
 
 #: seed base of the validation problems (training range; far from meta-training's and tuning's)
 VALIDATION_SEED_BASE = 54321
@@ -90,9 +127,13 @@ class Population(NamedTuple):
 
 
 class TrainState(NamedTuple):
+    """Everything a checkpoint holds. ``pes`` (:class:`lopt_trace.pes.PESState`) is ``None``, and
+    has no leaves, for backpropagation, so its checkpoints are what they always were."""
+
     theta: dict
     opt_state: Any
     population: Population
+    pes: Any = None
 
 
 def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
@@ -101,6 +142,11 @@ def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
                                        decay_rate=cfg.lr_final_fraction)
     inner = optax.chain(optax.clip(cfg.grad_clip), optax.adam(schedule))
     return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
+
+
+#: jitted steps by (task, optimizer, configuration): a trainer made again for the same run
+#: (``--resume`` in one process, tests) reuses them instead of compiling again
+_COMPILED: dict = {}
 
 
 class MetaTrainer:
@@ -112,9 +158,15 @@ class MetaTrainer:
         self.schedule = optax.exponential_decay(self.cfg.learning_rate, max(self.cfg.iterations, 1),
                                                 self.cfg.lr_final_fraction)
         self.segments = self.cfg.steps // self.cfg.truncation
-        self._step_fresh = jax.jit(lambda s: self._meta_step(s, fresh=True))
-        self._step_cont = jax.jit(lambda s: self._meta_step(s, fresh=False))
-        self._sample = jax.jit(jax.vmap(task.sample))
+        key = (type(task).__name__, json.dumps(task.config(), sort_keys=True),
+               type(optimizer).__name__, json.dumps(optimizer.config(), sort_keys=True), self.cfg)
+        if key not in _COMPILED:  # trainers of one configuration share compiled steps (resume)
+            while len(_COMPILED) >= 4:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[key] = (jax.jit(lambda s, i: self._meta_step(s, i, fresh=True)),
+                              jax.jit(lambda s, i: self._meta_step(s, i, fresh=False)),
+                              jax.jit(jax.vmap(task.sample)))
+        self._step_fresh, self._step_cont, self._sample = _COMPILED[key]
         self._validate = None
         if self.cfg.validation:
             keys = seedlib.problem_keys(seedlib.train_seeds(VALIDATION_SEED_BASE, 0, self.cfg.validation))
@@ -138,31 +190,46 @@ class MetaTrainer:
         f0 = jax.vmap(lambda p, s: self.task.flat_loss(p.data, s.x, s.step))(problems, inner)
         return Population(inner, problems.data, f0)
 
+    def penalty(self, theta):
+        return 0.5 * self.cfg.l2 * sum(jnp.sum(v * v) for v in jax.tree.leaves(theta))
+
     def meta_loss(self, theta, pop: Population, fresh: bool):
         """Mean normalised loss over one truncation, for the whole meta-batch."""
+        inner = pop.inner
+        if fresh:  # the initial state depends on θ (learned h0): let gradients reach it
+            h0 = self.opt.init_state(theta, inner.x.shape[-1])
+            inner = inner._replace(h=jnp.broadcast_to(h0, inner.h.shape))
+        finals, losses = run_population(self.task, self.opt, theta, pop.data, inner,
+                                        self.cfg.truncation, first_order=self.cfg.first_order)
+        objective = jnp.mean(losses, axis=-1) / pop.f0
+        return jnp.mean(objective) + self.penalty(theta), finals
 
-        def one(inner, data, f0):
-            if fresh:  # the initial state depends on θ (learned h0): let gradients reach it
-                inner = inner._replace(h=self.opt.init_state(theta, inner.x.shape[0]))
-            final, losses = run(self.task, self.opt, theta, data, inner, self.cfg.truncation, remat=True,
-                                first_order=self.cfg.first_order)
-            return jnp.mean(losses) / f0, final
+    def pes_key(self, iteration) -> jax.Array:
+        """The PRNG key of iteration ``iteration``'s PES perturbations (a function of the seed and
+        the iteration only, so a resumed run draws the same ones)."""
+        return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), 0x9E5), iteration)
 
-        objective, finals = jax.vmap(one)(pop.inner, pop.data, pop.f0)
-        penalty = 0.5 * self.cfg.l2 * sum(jnp.sum(v * v) for v in jax.tree.leaves(theta))
-        return jnp.mean(objective) + penalty, finals
-
-    def _meta_step(self, state: TrainState, fresh: bool):
-        (loss, finals), grads = jax.value_and_grad(self.meta_loss, has_aux=True)(
-            state.theta, state.population, fresh)
+    def _meta_step(self, state: TrainState, iteration, fresh: bool):
+        pes = state.pes
+        if self.cfg.estimator == "pes":
+            pop = state.population
+            loss, grads, pes, _ = peslib.estimate(
+                self.task, self.opt, state.theta, pes, pop.data, pop.f0, pop.inner if fresh else None,
+                self.pes_key(iteration), std=self.cfg.pes_std, truncation=self.cfg.truncation)
+            loss = loss + self.penalty(state.theta)
+            grads = jax.tree.map(lambda g, t: g + self.cfg.l2 * t, grads, state.theta)
+            pop = state.population
+        else:
+            (loss, finals), grads = jax.value_and_grad(self.meta_loss, has_aux=True)(
+                state.theta, state.population, fresh)
+            pop = state.population._replace(inner=jax.tree.map(jax.lax.stop_gradient, finals))
         grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(loss), g, jnp.nan), grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
-        finals = jax.tree.map(jax.lax.stop_gradient, finals)
         grad_norm = optax.tree.norm(grads)
-        pop = state.population._replace(inner=finals)
-        return TrainState(theta, opt_state, pop), {"meta_loss": loss, "meta_grad_norm": grad_norm,
-                                                   "skipped": ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)}
+        return TrainState(theta, opt_state, pop, pes), {
+            "meta_loss": loss, "meta_grad_norm": grad_norm,
+            "skipped": ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm)}
 
     def init(self, theta0: dict | None = None) -> TrainState:
         """The state before iteration 0: ``theta0`` (a warm start) or a fresh random θ."""
@@ -170,14 +237,19 @@ class MetaTrainer:
             theta = self.opt.init_theta(jax.random.PRNGKey(self.cfg.seed))
         else:
             theta = {k: jnp.asarray(v, jnp.float32) for k, v in theta0.items()}
-        return TrainState(theta, self.tx.init(theta), self.sample_population(theta, 0))
+        pop = self.sample_population(theta, 0)
+        pes = None
+        if self.cfg.estimator == "pes":
+            pes = jax.jit(lambda th, start: peslib.init_state(self.opt, th, start, self.cfg.pes_pairs))(
+                theta, pop.inner)
+        return TrainState(theta, self.tx.init(theta), pop, pes)
 
     def step(self, state: TrainState, iteration: int) -> tuple[TrainState, dict]:
         """One meta-iteration (one truncation of the current meta-batch)."""
         if iteration % self.segments == 0 and iteration > 0:
             state = state._replace(population=self.sample_population(state.theta, iteration))
         fn = self._step_fresh if iteration % self.segments == 0 else self._step_cont
-        state, metrics = fn(state)
+        state, metrics = fn(state, jnp.asarray(iteration, jnp.int32))
         metrics = {k: np.asarray(v) for k, v in metrics.items()}
         metrics["learning_rate"] = np.asarray(self.schedule(iteration))
         return state, metrics
@@ -301,12 +373,18 @@ def check_output(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
         raise UserError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
     if not resume and exists(ckpt) and not overwrite:
         raise UserError(f"an unfinished run left {ckpt}; pass --resume to continue it or --overwrite to start again")
+    if overwrite:  # issue #14: --overwrite replaces only what lopt-trace made
+        check_replaceable(out)
+        check_replaceable(ckpt)
+    probe_writable(out)  # issue #14: a folder we cannot write fails now, not after training
 
 
+@locked_output("training run")  # issue #14: one `train` per --out (lock <out>.lock, as record)
 def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os.PathLike, *,
           resume: bool = False, overwrite: bool = False, progress: bool = True,
           stop_after: int | None = None, callback: Callable | None = None,
-          theta0: dict | None = None, warm_start: xr.Dataset | None = None) -> xr.Dataset:
+          theta0: dict | None = None, warm_start: xr.Dataset | None = None,
+          time_budget: float | None = None, clock: Callable[[], float] = time.monotonic) -> xr.Dataset:
     """Meta-train and write the optimizer file to ``out``; returns the history.
 
     ``theta0`` starts meta-training from given weights instead of random ones;
@@ -317,10 +395,16 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     removed when training finishes. ``resume`` continues from it and gives the same result, bit
     for bit on the CPU, as a run that was never stopped. ``stop_after`` stops (with a checkpoint)
     after that many iterations in total, to simulate an interruption.
+
+    ``time_budget`` (seconds, counted by ``clock`` from this call) stops the same way, with a
+    checkpoint, before an iteration that would end past the budget (judged by the longest of the
+    last few iterations; at least one iteration runs per call). A run that stopped early returns
+    a history with fewer than ``cfg.iterations`` iterations and ``attrs["stopped"]`` saying why.
     """
+    began = clock()
     trainer = MetaTrainer(task, optimizer, cfg)
     cfg = trainer.cfg
-    settings = {**dataclasses.asdict(cfg), "optimizer": optimizer.config(), "task": task.config()}
+    settings = {**cfg.settings(), "optimizer": optimizer.config(), "task": task.config()}
     if warm_start is not None:
         settings["warm_start"] = {"kind": warm_start.attrs.get("warm_start"),
                                   **best_of_search(warm_start)}
@@ -354,17 +438,19 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
     from tqdm.auto import tqdm
 
+    stopped = "stop_after" if end < cfg.iterations else None
+    durations = []  # seconds per iteration (step, validation, checkpoint) in this call
     bar = tqdm(range(start, end), initial=start, total=cfg.iterations, disable=not progress,
                desc=f"meta-train {task.name}", unit="it")
     for it in bar:
+        if time_budget is not None and durations:
+            if clock() - began + max(durations[-5:]) > time_budget:
+                end, stopped = it, "time budget"
+                break
+        tick = clock()
         state, metrics = trainer.step(state, it)
         for k in records:
             records[k].append(metrics[k])
-        postfix = {"meta_loss": f"{float(metrics['meta_loss']):.4f}",
-                   "skipped": int(np.sum(records["skipped"]))}
-        if scores:
-            postfix["best_validation"] = f"{np.nanmin(scores):.4f}"
-        bar.set_postfix(postfix)
         if callback is not None:
             callback(it, metrics)
         done = it + 1
@@ -373,11 +459,22 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
             if done < cfg.iterations:
                 write_checkpoint(ckpt, state, done, history_dataset(records, thetas, theta_iters, scores),
                                  settings, warm_start)
+        durations.append(clock() - tick)
+        postfix = {"meta_loss": f"{float(metrics['meta_loss']):.4f}",
+                   "skipped": int(np.sum(records["skipped"]))}
+        if scores:
+            postfix["validation"] = f"{scores[-1]:.4f}"
+            postfix["best_validation"] = f"{np.nanmin(scores):.4f}"
+        if time_budget is not None:
+            postfix["budget_left"] = tqdm.format_interval(max(0.0, time_budget - (clock() - began)))
+        bar.set_postfix(postfix)
     bar.close()
     if end < cfg.iterations:
         write_checkpoint(ckpt, state, end, history_dataset(records, thetas, theta_iters, scores),
                          settings, warm_start)
-        return history_dataset(records, thetas, theta_iters, scores)
+        history = history_dataset(records, thetas, theta_iters, scores)
+        history.attrs["stopped"] = stopped
+        return history
     final, selected = jax.tree.map(np.asarray, state.theta), None
     if cfg.validation:
         finite = np.where(np.isfinite(scores), scores, np.inf)

@@ -18,8 +18,9 @@ from lopt_trace.errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parent
 PREFIX = "lopt_trace.recipes"
-#: the recipes in the paper's order (``analyze all`` runs them in this order)
-ORDER = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers")
+#: the recipes in the paper's order, then the ones beyond the paper (``analyze all`` runs them in
+#: this order)
+ORDER = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence")
 
 
 def recipes_dir() -> Path:

@@ -49,7 +49,9 @@ from lopt_trace.store import (HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, RUN_COO
 from lopt_trace.tasks.base import Task
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
 from lopt_trace.unroll import InnerState, init_inner, inner_step
-from lopt_trace.zarr_io import COMPRESSORS, ZARR_FORMAT, exists, is_local, quiet_zarr_writes, remove
+from lopt_trace.manifest import MANIFEST, update_manifest
+from lopt_trace.zarr_io import (COMPRESSORS, ZARR_FORMAT, check_replaceable, exists, is_local,
+                                quiet_zarr_writes, remove)
 
 #: what ``--optimizer`` defaults to: the learned optimizer and every baseline
 DEFAULT_OPTIMIZERS = ("learned", "sgd", "momentum", "rmsprop", "adam")
@@ -148,7 +150,10 @@ def _label(text: str) -> str:
 def resolve_optimizer(spec: str, task_name: str) -> OptimizerEntry:
     """Turn one ``--optimizer`` SPEC into an :class:`OptimizerEntry` (θ loaded and checked)."""
     from lopt_trace.optimizers.io import load_optimizer
+    from lopt_trace.optimizers.optax_wrap import optax_entry
 
+    if spec.startswith("optax:"):  # any component-wise optax transform, θ from the spec
+        return OptimizerEntry(*optax_entry(spec), source="spec", spec=spec)
     if spec in BASELINES:
         opt = BASELINES[spec]()
         defaults = _f32_theta(opt.init_theta())
@@ -162,19 +167,19 @@ def resolve_optimizer(spec: str, task_name: str) -> OptimizerEntry:
         return OptimizerEntry(spec, opt, _f32_theta(values), "tuned", spec,
                               attrs={"tuned": _jsonable(info),
                                      "tuned_file": str(bundled.tuned_path(task_name))})
-    if spec == "learned":
-        path = bundled.optimizer_path(task_name)
+    if spec in bundled.LEARNED:
+        path = bundled.optimizer_path(task_name, spec)
         if not path.exists():
-            raise UserError(f"no trained optimizer is bundled for task {task_name!r}; train one with "
+            raise UserError(f"no {spec} optimizer is bundled for task {task_name!r}; train one with "
                             f"`lopt-trace train --task {task_name} --out FILE`, then pass --optimizer FILE")
-        trained, source, name = load_optimizer(path), "bundled", "learned"
+        trained, source, name = load_optimizer(path), "bundled", spec
     else:
         if not exists(spec):
-            known = ", ".join(["learned", *BASELINES])
-            raise UserError(f"unknown optimizer {spec!r}: use one of {known}, or the path of an "
-                            f"optimizer file (nothing at {spec}; make one with `lopt-trace train`)")
+            known = ", ".join([*bundled.LEARNED, *BASELINES])
+            raise UserError(f"unknown optimizer {spec!r}: use one of {known}, optax:NAME, or the path "
+                            f"of an optimizer file (nothing at {spec}; make one with `lopt-trace train`)")
         trained, source, name = load_optimizer(spec), str(spec), _label(Path(str(spec).rstrip("/")).stem)
-    attrs = {"optimizer_file": str(path if spec == "learned" else spec)}
+    attrs = {"optimizer_file": str(path if spec in bundled.LEARNED else spec)}
     if trained.task is not None:
         attrs["trained_on"] = _jsonable(trained.task)
     if trained.attrs.get("metatrain"):
@@ -425,6 +430,7 @@ def build_template(layout: Layout, entries: list[OptimizerEntry], command: str) 
         "params_per_tensor": cfg.params if cfg.params is not None else "all",
         "dtype": cfg.dtype,
         "record_settings": settings_of(layout, entries),
+        "manifest": MANIFEST,
         "execution": dataclasses.asdict(layout.plan),
     }
     nodes = {"/": xr.Dataset(attrs=_jsonable(root_attrs)), "/runs": xr.Dataset()}
@@ -576,6 +582,9 @@ class _Writer(threading.Thread):
             if self.error is not None:
                 continue  # keep draining so the producer never blocks
             try:
+                if callable(item):  # e.g. a manifest update, after the writes queued before it
+                    item()
+                    continue
                 group, writes = item
                 for var, region, value in writes:
                     self._array(f"runs/{group}/{var}")[region] = value
@@ -709,6 +718,8 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
     """
     start = time.perf_counter()
     out = str(out)
+    if not out.strip():
+        raise UserError("--out is empty; give the store's path or URL")
     bound_malloc_growth()
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other")
@@ -724,6 +735,8 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
                         "it, or choose another --out")
     if resume and not there:
         raise UserError(f"nothing to resume: no store at {out}; run without --resume")
+    if overwrite and there:
+        check_replaceable(out)  # only a store (or other output) lopt-trace made is replaced
     if not resume:
         template, encoding = build_template(layout, entries, command)  # before touching anything
 
@@ -742,18 +755,20 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
                 template.to_zarr(out, mode="w-", compute=False, consolidated=True,
                                  zarr_format=ZARR_FORMAT, encoding=encoding)
             done = {e.name: np.zeros(layout.runs, dtype=bool) for e in entries}
+            update_manifest(out, done)  # the metadata, coordinates and θ, final from now on
         blocks = _compute(layout, entries, out, done, progress, stop_after, callback)
+        import zarr
+
+        group = zarr.open_group(out, mode="r", zarr_format=ZARR_FORMAT)
+        flags = {e.name: np.asarray(group[f"runs/{e.name}/run_complete"][:], dtype=bool) for e in entries}
+        update_manifest(out, flags)  # everything that is final (all of it when every run is done)
 
     final = {}
-    import zarr
-
-    group = zarr.open_group(out, mode="r", zarr_format=ZARR_FORMAT)
     complete = True
     for e in entries:
         loss = np.asarray(group[f"runs/{e.name}/loss"][:, layout.steps])
-        flags = np.asarray(group[f"runs/{e.name}/run_complete"][:])
-        final[e.name] = np.where(flags, loss, np.nan)
-        complete &= bool(flags.all())
+        final[e.name] = np.where(flags[e.name], loss, np.nan)
+        complete &= bool(flags[e.name].all())
     return RecordResult(out, size_on_disk(out), layout.runs, layout.steps,
                         time.perf_counter() - start, final, complete, blocks)
 
@@ -774,6 +789,7 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
     steps_arg = jnp.asarray(K, dtype=jnp.int32)
     writer = _Writer(out)
     writer.start()
+    finished = {k: np.asarray(v, dtype=bool).copy() for k, v in done.items()}
     blocks = 0
     try:
         for entry in entries:
@@ -811,6 +827,9 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
                     ("gradient_hist", (slice(r0, r1),), hist),
                     ("run_complete", (slice(r0, r1),), np.ones(n_valid, dtype=bool)),
                 ]))
+                finished[entry.name][r0:r1] = True
+                writer.put(functools.partial(update_manifest, out,
+                                             {k: v.copy() for k, v in finished.items()}))
                 _after_block(callback, stop_after, blocks, entry.name, r0, pending[0])
     except _Stop:
         pass

@@ -1,5 +1,6 @@
-"""A self-contained HTML report of a store: analogues of Figs. 1 and 3–7 of the paper, each with
-its caption and key numbers (``lopt-trace report STORE --out report.html [--png DIR]``).
+"""A self-contained HTML report of a store: analogues of Figs. 1 and 3–7 of the paper, and Fig. 8
+(the mechanisms along the meta-training history), each with its caption and key numbers
+(``lopt-trace report STORE --out report.html [--png DIR]``).
 
 The figures are drawn from the store's ``/analysis/<recipe>`` results (computed and written first
 when missing, unless ``compute=False``) with the same plotting functions as the dashboard. The
@@ -311,9 +312,54 @@ def figure_7(view: StoreView) -> Figure:
     return fig
 
 
-FIGURES = (figure_1, figure_3, figure_4, figure_5, figure_6, figure_7)
+def figure_8(view: StoreView) -> Figure:
+    from lopt_trace.dashboard import emergence
+
+    fig = Figure("fig8", "Figure 8 · Emergence during meta-training", "emergence",
+                 "The mechanisms analysed at every θ checkpoint of the store's meta-training history "
+                 "(not in the paper). (a) The meta-objective of each checkpoint (validation when "
+                 "meta-training kept one, else the mean training meta-loss since the previous "
+                 "checkpoint) over the training meta-loss of every iteration. (b) Each mechanism's "
+                 "strength rescaled from the first checkpoint (0) to the last (1): momentum (|λ| of "
+                 "the momentum mode), the learning rate at the fixed point (Σα), clipping (share of "
+                 "recorded gradients beyond the saturation threshold), the schedule (peak over "
+                 "initial η without gradients), adaptation (η at the fixed point for the 99th "
+                 "percentile gradient over η at g* = 0) and, on layered tasks, the spread of η over "
+                 "tensors. (c–h) Each metric in its own units. The dotted line marks the recorded θ.")
+    em = view.analysis(fig.recipe)
+    if em is None:
+        reason = emergence.no_history(view)
+        fig.problem = (f"{reason}." if reason else
+                       f"no /analysis/emergence; run `{view.command('emergence')}`")
+        return fig
+    fig.plot = hv().Layout([emergence.objective_plot(em, "(a) meta-objective"),
+                            emergence.progress_plot(em, "(b) each mechanism, first checkpoint 0 → last 1"),
+                            *emergence.metric_plots(em)]).cols(2).opts(shared_axes=False)
+    a = em.attrs
+    fig.summary = _summary("emergence", em)
+    fig.numbers = [("optimizer", str(a.get("optimizer"))),
+                   ("checkpoints (iterations)", f"{a.get('n_checkpoints')} ({a.get('first_iteration')}–"
+                                                f"{a.get('last_iteration')})")]
+    for label, name in emergence.PROGRESS:
+        v = emergence.metric(em, name)
+        if np.isfinite(v).any():
+            when = dict(a.get("halfway") or {}).get(emergence.MECHANISM[name])
+            fig.numbers.append((label, f"{_fmt(v[0])} → {_fmt(v[-1])}"
+                                + (f", half-way by iteration {when}" if when is not None else "")))
+    return fig
+
+
+FIGURES = (figure_1, figure_3, figure_4, figure_5, figure_6, figure_7, figure_8)
 #: recipe behind each figure, in order
-RECIPES = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers")
+RECIPES = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence")
+
+
+def _not_applicable(view: StoreView, recipe: str) -> str | None:
+    """Why ``recipe`` cannot run on this store (emergence without a history), or None."""
+    from lopt_trace import recipes_loader
+
+    check = getattr(recipes_loader.load(recipe), "not_applicable", None)
+    return check(view.tree) if check is not None else None
 
 
 def collect(view: StoreView, compute: bool = True, progress: bool = False) -> list[Figure]:
@@ -322,7 +368,7 @@ def collect(view: StoreView, compute: bool = True, progress: bool = False) -> li
 
     problems = {}
     if compute and view.writable:
-        missing = [r for r in RECIPES if view.analysis(r) is None]
+        missing = [r for r in RECIPES if view.analysis(r) is None and not _not_applicable(view, r)]
         for recipe in tqdm(missing, desc="analyses", disable=not progress):
             try:
                 with warnings.catch_warnings():

@@ -13,12 +13,11 @@ import socket
 import time
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import xarray as xr
 
 from lopt_trace.errors import UserError
-from lopt_trace.zarr_io import exists, is_local
+from lopt_trace.zarr_io import exists, is_local, url_to_fs
 
 #: version of the layout below; bumped on any incompatible change
 SCHEMA_VERSION = 1
@@ -81,23 +80,58 @@ def hist_edges() -> np.ndarray:
 
 
 # -- opening ---------------------------------------------------------------------------------------
-def open_store(path, validate: bool = True) -> xr.DataTree:
+def open_store(path, validate: bool = True, check: bool = True) -> xr.DataTree:
     """Open a recorded store as a Dask-backed ``xarray.DataTree``.
 
     With ``validate`` (the default) the store must carry ``schema_version`` equal to
     :data:`SCHEMA_VERSION` and have every group its attributes promise; otherwise a
     :class:`~lopt_trace.errors.UserError` says what is wrong.
+
+    With ``check`` (the default) a store that has a manifest (:mod:`lopt_trace.manifest`) must
+    have every file the recorder wrote, at its recorded size; otherwise
+    :class:`~lopt_trace.manifest.StoreDamaged` (a ``UserError``) names what is affected. This
+    costs one directory listing; ``lopt-trace verify`` also compares checksums.
     """
     path = str(path)
+    if not path.strip():
+        raise UserError("the store path is empty")
     if not exists(path):
         raise UserError(f"no store at {path}; record one with `lopt-trace record --task TASK --out {path}`")
     try:
         tree = xr.open_datatree(path, engine="zarr", chunks={})
     except Exception as exc:
+        from lopt_trace.manifest import bad_metadata
+
+        try:
+            bad = bad_metadata(path)
+        except Exception:  # noqa: BLE001 - naming the file is a nicety
+            bad = []
+        if bad:
+            key, err = bad[0]
+            raise UserError(f"{path.rstrip('/')}/{key} is damaged (not valid JSON: {err}); record "
+                            "the store again or restore the file") from None
         raise UserError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from None
     if validate:
         validate_store(tree, path)
+    if check:
+        check_integrity(path, tree.attrs)
     return tree
+
+
+def check_integrity(path, attrs: dict | None = None, full: bool = False) -> None:
+    """Raise :class:`~lopt_trace.manifest.StoreDamaged` unless every file in the store's manifest
+    exists at its recorded size, and with ``full`` has its recorded checksum (nothing to check for
+    a store recorded before manifests)."""
+    from lopt_trace.manifest import StoreDamaged, check, read_manifest
+
+    man = read_manifest(path)
+    if man is None:
+        # recorded before manifests, or copied without it (``tree.to_zarr`` elsewhere): nothing to
+        # compare with; ``info`` and ``verify`` say so
+        return
+    report = check(path, full=full, manifest=man)
+    if not report.ok:
+        raise StoreDamaged(report.one_line())
 
 
 def validate_store(tree: xr.DataTree, path="store") -> None:
@@ -134,7 +168,7 @@ def size_on_disk(path) -> int:
         if root.is_file():
             return root.stat().st_size
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-    fs, root = fsspec.core.url_to_fs(str(path))
+    fs, root = url_to_fs(path)
     return int(fs.du(root, total=True)) if fs.exists(root) else 0
 
 
@@ -183,8 +217,9 @@ class StoreLock:
             ...  # write the store
     """
 
-    def __init__(self, path):
+    def __init__(self, path, writer: str = "recorder"):
         self.path = str(path)
+        self.writer = writer  # what holds it, for the message: "recorder", "training run"
         self.lock = lock_path(path)
         self.held = False
         self.took_over: dict | None = None  # the stale holder, when one was replaced
@@ -208,7 +243,7 @@ class StoreLock:
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
             return True
-        fs, root = fsspec.core.url_to_fs(self.lock)
+        fs, root = url_to_fs(self.lock)
         if fs.exists(root):
             return False
         fs.pipe_file(root, payload)
@@ -218,22 +253,23 @@ class StoreLock:
         """The lock file's content, or None when there is no lock."""
         try:
             if is_local(self.lock):
-                text = Path(self.lock).read_text()
+                data = Path(self.lock).read_bytes()
             else:
-                fs, root = fsspec.core.url_to_fs(self.lock)
-                text = fs.cat_file(root).decode()
+                fs, root = url_to_fs(self.lock)
+                data = fs.cat_file(root)
         except (FileNotFoundError, OSError):
             return None
         try:
-            return json.loads(text)
-        except ValueError:
+            info = json.loads(data)
+        except ValueError:  # also UnicodeDecodeError
             return {}
+        return info if isinstance(info, dict) else {}
 
     def _remove(self) -> None:
         if is_local(self.lock):
             Path(self.lock).unlink(missing_ok=True)
         else:
-            fs, root = fsspec.core.url_to_fs(self.lock)
+            fs, root = url_to_fs(self.lock)
             if fs.exists(root):
                 fs.rm_file(root)
 
@@ -245,13 +281,24 @@ class StoreLock:
             info = self.holder()
             if info is None:  # removed between our two looks: try again
                 continue
-            stale = (info.get("host") == socket.gethostname() and "pid" in info
+            if not isinstance(info, dict) or "pid" not in info or "host" not in info:
+                time.sleep(0.3)  # a writer may be between creating the file and filling it
+                info = self.holder()
+                if info is None:
+                    continue
+            if not isinstance(info, dict) or "pid" not in info or "host" not in info:
+                raise UserError(
+                    f"the lock file {self.lock} is empty or unreadable, so it does not say which "
+                    f"process holds {self.path} (a writer killed while creating it leaves one); "
+                    f"if no lopt-trace process is writing {self.path} (check with `ps`), delete "
+                    f"{self.lock} and run the command again")
+            stale = (info.get("host") == socket.gethostname()
                      and not _pid_alive(info["pid"], info.get("process_created")))
             if not stale:
                 who = (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, "
                        f"since {info.get('started', '?')}")
-                raise UserError(f"{self.path} is being written by another recorder ({who}); wait for "
-                                f"it to finish, or delete {self.lock} if that process is gone")
+                raise UserError(f"{self.path} is being written by another {self.writer} ({who}); wait "
+                                f"for it to finish, or delete {self.lock} if that process is gone")
             self.took_over = info
             self._remove()
         raise UserError(f"could not take the lock {self.lock}; try again")
@@ -268,3 +315,30 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def locked_output(writer: str = "training run", param: str = "out"):
+    """Decorator: run the function holding the :class:`StoreLock` of its ``param`` argument, so a
+    second process writing the same output is refused with one line (and the first is unaffected).
+    A lock left by a dead process is taken over with a note; no lock file at all (an output
+    written before this lock existed) is fine."""
+    import functools
+    import inspect
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            out = sig.bind(*args, **kwargs).arguments[param]
+            if not str(out).strip():
+                raise UserError("--out is empty; give the output's path")
+            with StoreLock(out, writer=writer) as lock:
+                if lock.took_over:
+                    print(f"note: took over the stale lock of pid {lock.took_over.get('pid')} "
+                          f"({lock.lock})", flush=True)
+                return fn(*args, **kwargs)
+
+        return locked
+
+    return wrap

@@ -101,11 +101,18 @@ OBJECTIVES = {
 
 
 def search_space(optimizer: str) -> dict[str, LogUniform]:
-    """The search space of a baseline, or a :class:`UserError` naming the choices."""
+    """The search space of a baseline or of an ``optax:`` spec (derived from its hyperparameters'
+    names, :func:`lopt_trace.optimizers.optax_wrap.optax_search_space`), or a :class:`UserError`
+    naming the choices."""
+    if optimizer.startswith("optax:"):
+        from lopt_trace.optimizers.optax_wrap import optax_search_space
+
+        return optax_search_space(make_optimizer(optimizer))
     try:
         return SEARCH_SPACES[optimizer]
     except KeyError:
-        raise UserError(f"cannot tune {optimizer!r}; choose one of: {', '.join(SEARCH_SPACES)}, all") from None
+        raise UserError(f"cannot tune {optimizer!r}; choose one of: {', '.join(SEARCH_SPACES)}, all, "
+                        "optax:NAME") from None
 
 
 def sample_candidates(space: dict[str, LogUniform], samples: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -216,7 +223,7 @@ def tune(task: Task, optimizer: str, samples: int = 2500, problems: int = 8,
 
     Args:
       task: the task.
-      optimizer: ``sgd``, ``momentum``, ``rmsprop`` or ``adam``.
+      optimizer: ``sgd``, ``momentum``, ``rmsprop``, ``adam`` or an ``optax:`` spec.
       samples: number of random candidates.
       problems: number of training-range problems each candidate is scored on.
       steps: horizon K (default: the task's).
@@ -339,8 +346,18 @@ def tune_tree(results: dict[str, xr.Dataset], task: Task) -> xr.DataTree:
                              "command": command_line(), "versions": versions(),
                              "optimizers": list(results)})
     nodes = {"/": root}
-    nodes.update({f"/tune/{name}": ds for name, ds in results.items()})
+    nodes.update({f"/tune/{_group(name)}": ds for name, ds in results.items()})
     return xr.DataTree.from_dict(nodes)
+
+
+def _group(name: str) -> str:
+    """The group of an optimizer under /tune: its name; ``optax_lion`` for an ``optax:`` spec (the
+    spec itself is in the group's ``optimizer`` attribute)."""
+    if name.startswith("optax:"):
+        from lopt_trace.optimizers.optax_wrap import optax_label
+
+        return optax_label(name)
+    return name
 
 
 def load_tuned(path: str | os.PathLike) -> dict:
@@ -401,6 +418,8 @@ def tuned_theta(task: str, optimizer: str, path: str | os.PathLike | None = None
     """The bundled tuned θ of ``optimizer`` for ``task`` (float32 arrays), or None if absent."""
     from lopt_trace import bundled
 
+    if path is not None and not Path(path).is_file():  # given explicitly: missing is an error
+        raise UserError(f"no tuned-hyperparameter file at {path}")
     data = load_tuned(path or bundled.tuned_path(task))
     entry = data["optimizers"].get(optimizer)
     if entry is None:

@@ -3,6 +3,9 @@
 With the gradient held at g*, the state settles at h*(g*). Sweeping |g*| from 0 to the
 ``quantile`` (default 99%) of the recorded |g| (over every parameter and step) on both signs
 traces the S-curve; it is shown projected on the principal components of the recorded states.
+Each solve starts from the previous fixed point moved by a few forward iterations of F at the
+new g*, so the curve follows the attractor the dynamics settle at; each point's stability is
+checked (``spectral_radius``; ``attractor``: forward iteration pulls perturbations back).
 Along each arm, the effective learning rate at the fixed point shows whether the optimizer
 lowers its step size where gradients are large (see :mod:`lopt_trace.analysis.adaptation`).
 
@@ -15,11 +18,12 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis import group_pca, project, rebuild, run_group, s_curve, select_optimizer
+from lopt_trace.analysis.fixed_points import LEFT_RANGE
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import analysis_start, gradient_quantile
 
 NAME = "adaptation"
-VERSION = "1"
+VERSION = "2"  # 2: fixed points by range and stability (issue #16), not by an outlier box
 
 
 def compute(tree: xr.DataTree, optimizer: str | None = None, quantile: float = 0.99,
@@ -41,7 +45,8 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, quantile: float = 0
     e0 = float(eta.isel(g_abs=0, arm=0))
     info = {"optimizer": name, "g_max": float(g_max), "quantile": float(quantile),
             "eta_zero": e0, "converged": int(out["converged"].sum()),
-            "solves": int(out["converged"].size)}
+            "solves": int(out["converged"].size), "attractors": int(out["attractor"].sum()),
+            "left_range": int((out["status"] == LEFT_RANGE).sum())}
     for arm in ("negative", "positive"):
         info[f"eta_{arm}"] = float(eta.sel(arm=arm).isel(g_abs=-1))
         info[f"monotone_{arm}"] = bool(np.all(np.diff(np.abs(eta.sel(arm=arm).values)) <= 1e-12))

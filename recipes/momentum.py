@@ -2,8 +2,11 @@
 
 1. PCA of the recorded states (one streaming pass) and the total variance of the state across
    runs at each step.
-2. Fixed points of F(θ, h, 0) from states sampled along the recorded trajectories (batched
-   Levenberg–Marquardt), merged, outliers excluded.
+2. Fixed points of F(θ, h, 0) from states sampled along the recorded trajectories (a forward
+   warm-up, then batched Levenberg–Marquardt), merged; a solution counts if it is within
+   tolerance and in the state's range, and each fixed point is checked for stability (spectral
+   radius, and forward iteration pulling perturbations back: ``attractor``). Forward iteration
+   from every start (``forward_steps``) shows whether it settles at a reported fixed point.
 3. The linearisation at each fixed point: eigenvalues λ_i of ∂F/∂h, momentum timescales
    β_i = |λ_i| and per-mode learning rates α_i (see :mod:`lopt_trace.analysis.linearization`),
    and the one-step linearisation error along recorded trajectories.
@@ -34,12 +37,14 @@ from lopt_trace.analysis import (
     select_optimizer,
 )
 from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.fixed_points import LEFT_RANGE, STALLED
+from lopt_trace.analysis.linearization import momentum_mode  # noqa: F401 - also this recipe's API
 from lopt_trace.analysis.rebuild import baseline_hyperparameters
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import initial_state, recorded_pairs
 
 NAME = "momentum"
-VERSION = "1"
+VERSION = "2"  # 2: fixed points by range and stability (issue #16), not by an outlier box
 
 
 def optimal_heavy_ball(lambda_min: float, lambda_max: float) -> tuple[float, float]:
@@ -48,19 +53,9 @@ def optimal_heavy_ball(lambda_min: float, lambda_max: float) -> tuple[float, flo
     return float(4.0 / (a + b) ** 2), float(((b - a) / (b + a)) ** 2)
 
 
-def momentum_mode(beta: np.ndarray, alpha: np.ndarray, share: float = 0.01) -> int:
-    """Index of the slowest mode whose |α_i| is at least ``share`` of Σ|α_i| (modes sorted by
-    decreasing |λ|); the slowest mode if none carries learning rate."""
-    a = np.abs(np.nan_to_num(alpha))
-    carrying = np.flatnonzero(a >= share * max(a.sum(), 1e-300))
-    if len(carrying):
-        return int(carrying[0])
-    return int(np.nanargmax(beta)) if np.isfinite(beta).any() else 0
-
-
 def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256,
-            noise: float = 0.0, seed: int = 0, tol: float = 1e-9, max_iter: int = 100,
-            n_error: int = 512) -> xr.Dataset:
+            noise: float = 0.0, seed: int = 0, tol: float = 1e-9, max_iter: int = 200,
+            n_error: int = 512, forward_steps: int = 2000) -> xr.Dataset:
     """PCA, fixed points at g* = 0, their modes, and the linearisation error (see module doc)."""
     name = select_optimizer(tree, optimizer)
     opt, theta = rebuild(tree, name)
@@ -71,7 +66,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
     starts = xr.concat([starts.drop_vars([c for c in starts.coords if c not in ("start", "unit")]), h0],
                        dim="start")
     fps = fixed_points(opt, theta, starts, 0.0, noise=noise, seed=seed, tol=tol,
-                       max_iter=max_iter).isel(g_star=0, drop=True)
+                       max_iter=max_iter, forward_steps=forward_steps).isel(g_star=0, drop=True)
     found = fps["count"] > 0
     unique = fps["fixed_point_state"].isel(fixed_point=np.flatnonzero(found.values))
     if unique.sizes["fixed_point"] == 0:  # nothing converged: linearise at the best attempt
@@ -81,13 +76,15 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
     h, g = recorded_pairs(ds, n_error, seed)
     err = linearization_error(opt, theta, h, g, unique.isel(fixed_point=0), 0.0)
 
-    out = xr.merge([pcs, fps.drop_vars(["fixed_point_state", "fixed_point_q", "count"]),
-                    lin.rename({"effective_learning_rate": "fixed_point_learning_rate"})],
+    per_fp = ["fixed_point_state", "fixed_point_q", "count", "spectral_radius", "stable",
+              "attractor", "pull"]
+    out = xr.merge([pcs, fps.drop_vars(per_fp), lin.rename({"effective_learning_rate":
+                                                            "fixed_point_learning_rate"})],
                    combine_attrs="drop")
     k = unique.sizes["fixed_point"]
     out["fixed_point_state"] = unique
-    out["fixed_point_q"] = fps["fixed_point_q"].isel(fixed_point=slice(0, k))
-    out["count"] = fps["count"].isel(fixed_point=slice(0, k))
+    for v in per_fp[1:]:
+        out[v] = fps[v].isel(fixed_point=slice(0, k))
     out["fixed_point_projection"] = project(unique, pcs)
     out["total_variance"] = tv
     out["linearization_error"] = err.assign_attrs(attrs("relative one-step linearisation error "
@@ -105,11 +102,17 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
         "slowest_complex": bool(abs(float(lin["eigenvalue_imag"].isel(fixed_point=0, mode=i))) > 1e-12),
         "total_alpha": float(np.nansum(alpha0)),
         "n_fixed_points": int(found.sum()),
+        "n_attractors": int((fps["attractor"] & found).sum()),
+        "n_left_range": int((fps["status"] == LEFT_RANGE).sum()),
+        "n_stalled": int((fps["status"] == STALLED).sum()),
         "best_q": float(np.nanmin(fps["q"].values)),
         "n_converged": int(fps["n_converged"]),
         "n_starts": int(starts.sizes["start"]),
         "linearization_error_median": float(np.nanmedian(err.values)) if err.size else float("nan"),
     }
+    if forward_steps:
+        info["forward_missed"] = int(fps["forward_missed"])
+        info["forward_settled"] = int(fps["forward_settled"])
     tuned = baseline_hyperparameters(tree, "momentum")
     if tuned and "beta" in tuned:
         info["tuned_beta"] = tuned["beta"]

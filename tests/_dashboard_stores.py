@@ -1,8 +1,8 @@
 """Small schema-v1 stores for the dashboard and report tests (built once per test session).
 
 - ``full_store()``: two moons (an MLP: weights and biases in four layers), a small GRU as
-  ``learned`` plus SGD and momentum, every recipe's ``/analysis/*`` group computed with cheap
-  parameters.
+  ``learned`` (with a made-up three-checkpoint meta-training history) plus SGD and momentum, every
+  recipe's ``/analysis/*`` group computed with cheap parameters.
 - ``baselines_store()``: the same recording without the learned optimizer, and no analysis.
 
 The recording is made by the real recorder (:func:`lopt_trace.recorder.record`); the analyses are
@@ -31,6 +31,7 @@ CHEAP = {
     "schedule": {},
     "adaptation": {"num": 11, "max_iter": 60},
     "layers": {},
+    "emergence": {"n_starts": 8, "num": 5, "clip_num": 201},
 }
 
 _TMP = None
@@ -82,9 +83,16 @@ def _recorded() -> str:
     GRU, SGD and momentum (tuned θ where bundled), recorded once per session by the recorder."""
     from lopt_trace.recorder import OptimizerEntry, RecordConfig, record, resolve_optimizer
 
+    from lopt_trace.metatrain import history_dataset
+
     gru, theta = _learned()
-    entries = [OptimizerEntry("learned", gru, {k: np.asarray(v, np.float32) for k, v in theta.items()},
-                              "test", "a random GRU (tests/_dashboard_stores.py)")]
+    theta = {k: np.asarray(v, np.float32) for k, v in theta.items()}
+    # a made-up meta-training history: the readout grows over three checkpoints, the last is θ
+    checkpoints = [{**theta, "readout": theta["readout"] * f} for f in (0.3, 0.7, 1.0)]
+    history = history_dataset({"meta_loss": list(np.linspace(1.0, 0.5, 10)), "meta_grad_norm": [1.0] * 10,
+                               "learning_rate": [1e-3] * 10, "skipped": [False] * 10}, checkpoints, [0, 5, 10])
+    entries = [OptimizerEntry("learned", gru, theta, "test", "a random GRU (tests/_dashboard_stores.py)",
+                              meta_train=history)]
     entries += [resolve_optimizer(name, "two_moons") for name in ("sgd", "momentum")]
     path = f"{tmpdir()}/recorded.zarr"
     record(_task(), entries, RecordConfig(runs=3, steps=16, params=6, every=2), path, progress=False)
@@ -116,6 +124,8 @@ def without(tree: xr.DataTree, drop: list[str]) -> xr.DataTree:
     """The same store without the optimizer groups ``drop`` (as if they had not been recorded)."""
     nodes = {node.path: node.to_dataset(inherit=False) for node in tree.subtree
              if not any(node.path == f"/runs/{d}" or node.path.startswith(f"/runs/{d}/") for d in drop)}
+    if "/meta_train" in nodes and nodes["/meta_train"].attrs.get("optimizer") in drop:
+        del nodes["/meta_train"]  # the history of a group that was not recorded
     root = nodes["/"]
     root.attrs = {**root.attrs, "optimizers": [n for n in root.attrs["optimizers"] if n not in drop]}
     return xr.DataTree.from_dict(nodes)

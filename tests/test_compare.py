@@ -122,9 +122,13 @@ def test_paired_margins():
 
 
 def test_resolve_skips_or_fails(tmp_path, tuned_file, learned_file):
-    # default set: nothing bundled in an empty data file -> skipped with notes
-    entries, notes = resolve("linear_regression", learned=None, tuned_file=str(tmp_path / "none.json"),
-                             untuned=True)
+    # a tuned file given explicitly must exist (an error, not a silent fall-back to defaults)
+    with pytest.raises(UserError, match="no tuned-hyperparameter file"):
+        resolve("linear_regression", learned=None, tuned_file=str(tmp_path / "none.json"), untuned=True)
+    # default set: nothing tuned in an empty tuned file -> defaults with --untuned
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"task": "linear_regression", "optimizers": {}}')
+    entries, notes = resolve("linear_regression", learned=None, tuned_file=str(empty), untuned=True)
     assert [e.source for e in entries if e.label != "learned"] == ["default"] * 3
     entries, notes = resolve("linear_regression", tuned_file=str(tuned_file), learned=str(learned_file))
     assert [e.label for e in entries] == ["learned", "momentum"]

@@ -146,3 +146,78 @@ def test_cli_train_and_tasks(tmp_path):
     assert load_optimizer(out).optimizer.units == 4
     for cmd in ("train", "tasks"):
         assert _cli(cmd, "--help").returncode == 0
+
+
+def test_fast_meta_gradient_paths_agree_with_the_reference():
+    """The GRU's hand-written VJP and the population unroll (run_population) give the values and
+    meta-gradients of the plain code (opt.step, autodiff, run per problem), exact and first-order."""
+    from lopt_trace.unroll import run
+
+    with jax.enable_x64(True):
+        task = get_task("linear_regression", dim=3, steps=6)
+        for opt in (LearnedGRU(units=3, output_scale=0.3),
+                    LearnedGRU(units=3, output_scale=0.3, input_norm=0.9, clip=2.0)):
+            theta = opt.init_theta(jax.random.PRNGKey(1))
+            keys = jax.random.split(jax.random.PRNGKey(2), len(theta))
+            theta = {k: jnp.asarray(v, jnp.float64) + 0.3 * jax.random.normal(kk, v.shape, jnp.float64)
+                     for (k, v), kk in zip(theta.items(), keys)}
+            h = jnp.abs(jax.random.normal(jax.random.PRNGKey(3), (5, opt.state_size), jnp.float64))
+            g = jax.random.normal(jax.random.PRNGKey(4), (5,), jnp.float64)
+            ct = (jax.random.normal(jax.random.PRNGKey(5), h.shape, jnp.float64), g[::-1])
+            ref = jax.vjp(opt.step, theta, h, g)
+            fast = jax.vjp(opt.fast_step, theta, h, g)
+            for a, b in zip(jax.tree.leaves((ref[0], ref[1](ct))), jax.tree.leaves((fast[0], fast[1](ct)))):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+        # the population unroll: exact from a fresh episode, first-order mid-episode
+        opt = LearnedGRU(units=3, output_scale=0.3, input_norm=0.9, clip=2.0)
+        theta = {k: jnp.asarray(v, jnp.float64) for k, v in theta.items()}
+        for first_order, fresh in ((False, True), (True, False)):
+            trainer = MetaTrainer(task, opt, MetaTrainConfig(batch=2, truncation=3, first_order=first_order))
+            pop = trainer.sample_population(theta, 0)
+
+            def reference(t):
+                def one(inner, data, f0):
+                    if fresh:
+                        inner = inner._replace(h=opt.init_state(t, inner.x.shape[0]))
+                    _, losses = run(task, opt, t, data, inner, 3, remat=True, first_order=first_order)
+                    return jnp.mean(losses) / f0
+                return jnp.mean(jax.vmap(one)(pop.inner, pop.data, pop.f0))
+
+            value, grad = jax.value_and_grad(lambda t: trainer.meta_loss(t, pop, fresh)[0])(theta)
+            ref_value, ref_grad = jax.value_and_grad(reference)(theta)
+            assert float(value) == pytest.approx(float(ref_value), rel=1e-12)
+            for k in theta:
+                np.testing.assert_allclose(grad[k], ref_grad[k], rtol=1e-9, atol=1e-13)
+            assert float(jnp.abs(grad["U_z"]).sum()) > 0 and (float(jnp.abs(grad["h0"]).sum()) > 0) == fresh
+
+
+@pytest.mark.parametrize("text,seconds", [("90m", 5400), ("2h", 7200), ("3600s", 3600), ("1h30m", 5400),
+                                          ("1.5h", 5400), ("45s", 45), ("1h0m30s", 3630)])
+def test_durations(text, seconds):
+    from lopt_trace.cli.train import duration
+
+    assert duration(text) == seconds
+
+
+def test_bad_time_budgets_are_one_line_errors(capsys):
+    from lopt_trace.cli import main
+
+    for bad in ("soon", "90", "-5m", "0s", "1h-30m", "2 h", "", "1m1h"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--task", "rosenbrock", "--time-budget", bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, (bad, err)
+        assert "--time-budget" in err and "Traceback" not in err
+        assert "duration" in err or bad.startswith("-")  # argparse: "-5m" looks like an option
+
+
+def test_cli_time_budget_checkpoints_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "opt.zarr"
+    args = ["train", "--task", "rosenbrock", "--iterations", "200", "--batch", "1", "--steps", "4",
+            "--units", "2", "--checkpoint-every", "100", "--out", str(out)]
+    r = _cli(*args, "--time-budget", "1s")  # compiling alone takes longer: one iteration, then stop
+    assert r.returncode == 0, r.stderr
+    assert "time budget spent" in r.stdout and "of 200 iterations" in r.stdout
+    assert not out.exists() and checkpoint_path(out).exists()
+    r = _cli(*args, "--pes-pairs", "3")
+    assert r.returncode == 2 and "--estimator pes" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -121,11 +121,13 @@ def test_bad_inputs_one_line_exit_2(argv, message, tmp_path, capsys):
 
 
 def test_learned_without_bundled_optimizer_says_how_to_train(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bundled, "optimizer_path", lambda task: tmp_path / "none.zarr")
-    assert main(["record", "--task", TASK, "--optimizer", "learned", "--out", str(tmp_path / "o.zarr")]) == 2
-    err = capsys.readouterr().err
-    assert f"lopt-trace train --task {TASK} --out FILE" in err and "--optimizer FILE" in err
-    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(bundled, "optimizer_path", lambda task, variant="learned": tmp_path / "none.zarr")
+    for spec in ("learned", "learned-warm"):
+        assert main(["record", "--task", TASK, "--optimizer", spec, "--out", str(tmp_path / "o.zarr")]) == 2
+        err = capsys.readouterr().err
+        assert f"no {spec} optimizer is bundled" in err
+        assert f"lopt-trace train --task {TASK} --out FILE" in err and "--optimizer FILE" in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_existing_store_left_untouched(recorded, opt_file, capsys):

@@ -36,6 +36,31 @@ def theta64(theta: dict) -> dict:
     return {k: jnp.asarray(np.asarray(v), dtype=jnp.float64) for k, v in theta.items()}
 
 
+def theta_for_batch(theta: dict, dims, shape, theta_dim: str | None):
+    """θ for a flattened batch of B states, and the ``vmap`` axis to map it over.
+
+    Without ``theta_dim``: θ as float64 arrays and axis None (one θ for every state). With it, each
+    θ entry has a leading axis along the batch dim ``theta_dim`` (a stack of θ, e.g. meta-training
+    checkpoints along ``checkpoint``), and each of the B states gets the θ of its index along that
+    dim: entries of shape (B, ...) and axis 0. Call inside :func:`float64`.
+    """
+    if theta_dim is None:
+        return theta64(theta), None
+    dims = tuple(dims)
+    if theta_dim not in dims:
+        raise ValueError(f"theta_dim {theta_dim!r} is not a batch dim of the states {dims}")
+    n = shape[dims.index(theta_dim)]
+    idx = np.indices(tuple(shape))[dims.index(theta_dim)].ravel() if len(shape) else np.zeros(1, int)
+    out = {}
+    for k, v in theta.items():
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 0 or v.shape[0] != n:
+            raise ValueError(f"θ entry {k!r} has shape {v.shape}; with theta_dim={theta_dim!r} it needs a "
+                             f"leading axis of length {n}")
+        out[k] = jnp.asarray(v[idx])
+    return out, 0
+
+
 def batch_of_states(states: xr.DataArray, unit: str = UNIT):
     """Split a DataArray of states ``(*batch, unit)`` into a (B, d) float64 NumPy array and
     the pieces needed to put results back: ``(array, batch_dims, batch_shape, batch_coords)``.

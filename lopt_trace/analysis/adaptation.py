@@ -2,8 +2,9 @@
 
 Holding the gradient at a constant g*, the state settles at a fixed point h*(g*). Sweeping g*
 from 0 outwards on both signs traces a curve in state space (the paper's S-curve, Fig. 6); each
-``arm`` (g* < 0 and g* > 0) is followed by continuation: the solution for one g* starts the
-Levenberg–Marquardt solve for the next (see :mod:`lopt_trace.analysis.fixed_points`).
+``arm`` (g* < 0 and g* > 0) is followed by continuation: the solution for one g*, moved by a few
+forward iterations of F at the next g*, starts the Levenberg–Marquardt solve for the next (see
+:mod:`lopt_trace.analysis.fixed_points`).
 
 Along each arm the effective learning rate at the fixed point,
 η(g*) = −∂Δx/∂g at g = 0 from the state h*(g*), shows whether the optimizer lowers its step size
@@ -19,7 +20,18 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis._common import UNIT, attrs, in_float64, theta64
-from lopt_trace.analysis.fixed_points import solve_one_fn
+from lopt_trace.analysis.fixed_points import (
+    CONVERGED,
+    DEFAULT_WARMUP,
+    STATUS,
+    STATUS_DESCRIPTION,
+    _cached,
+    check_attractors,
+    compiled_solver,
+    optimizer_key,
+    solver_settings,
+    state_bounds,
+)
 
 ARM = "arm"
 G_ABS = "g_abs"
@@ -37,64 +49,84 @@ def gradient_range(hist: xr.DataArray, edges, quantile: float = 0.99, bin_dim: s
     return float(np.interp(quantile, cdf, edges))
 
 
+def _curve_fn(opt):
+    def curve(theta, hs, gs):
+        def delta(h, g):
+            return opt.readout(theta, opt.F(theta, h, jnp.asarray(g, h.dtype)))
+
+        slope = jax.grad(lambda h, g: -delta(h, g), argnums=1)
+        eta = jax.vmap(jax.vmap(lambda h: slope(h, jnp.zeros((), h.dtype))))(hs)
+        local = jax.vmap(jax.vmap(slope))(hs, gs)
+        upd = jax.vmap(jax.vmap(delta))(hs, gs)
+        return eta, local, upd
+
+    return curve
+
+
 @in_float64
 def s_curve(opt, theta, h_start, g_max: float, num: int = 41, tol: float = 1e-9,
-            max_iter: int = 200) -> xr.Dataset:
+            max_iter: int = 200, warmup: int = DEFAULT_WARMUP, patience: int | None = None,
+            check: bool = True) -> xr.Dataset:
     """Fixed points h*(g*) for g* = ±|g*| with |g*| = linspace(0, ``g_max``, ``num``).
 
-    ``h_start`` (a ``unit`` vector) starts the solve at g* = 0. Returns over ``(arm, g_abs)``:
-    ``fixed_point (…, unit)``, ``g_star``, ``q``, ``converged``, ``effective_learning_rate``
-    (at g = 0 from h*), ``local_slope`` (−∂Δx/∂g at g = g*) and ``update`` (Δx at h*, g*).
+    ``h_start`` (a ``unit`` vector) starts the solve at g* = 0; each solve starts from the
+    previous solution moved by ``warmup`` forward iterations of F at the new g* (so the curve
+    follows the attractor the dynamics settle at). Both arms are solved as one batch of two
+    starts with the compiled, cached solver of :mod:`lopt_trace.analysis.fixed_points`, so a
+    second S-curve of the same optimizer (other θ, start or g* range) does not compile again.
+    Returns over ``(arm, g_abs)``: ``fixed_point (…, unit)``, ``g_star``, ``q``, ``status`` and
+    ``converged`` (see :data:`~lopt_trace.analysis.fixed_points.STATUS`),
+    ``effective_learning_rate`` (at g = 0 from h*), ``local_slope`` (−∂Δx/∂g at g = g*),
+    ``update`` (Δx at h*, g*) and, with ``check``, ``spectral_radius`` and ``attractor``
+    (confirmed by forward iteration, :func:`~lopt_trace.analysis.fixed_points.check_attractors`).
     """
     th = theta64(theta)
     unit_coord = h_start[UNIT].values if isinstance(h_start, xr.DataArray) and UNIT in h_start.coords else None
-    h_start = jnp.asarray(np.asarray(h_start, dtype=np.float64))
+    h_start = np.asarray(h_start, dtype=np.float64)
     g_abs = np.linspace(0.0, float(g_max), int(num))
-    solve = solve_one_fn(opt, th, "lm", tol, max_iter)
-
-    def delta(h, g):
-        return opt.readout(th, opt.F(th, h, jnp.asarray(g, h.dtype)))
-
-    slope = jax.grad(lambda h, g: -delta(h, g), argnums=1)
-
-    @jax.jit
-    def sweep(h_start, g_abs):
-        h0, q0, c0, _ = solve(h_start, jnp.asarray(0.0))
-
-        def arm(sign):
-            def body(h, a):
-                h1, q, c, _ = solve(h, sign * a)
-                return h1, (h1, q, c)
-
-            _, (hs, qs, cs) = jax.lax.scan(body, h0, g_abs[1:])
-            return (jnp.concatenate([h0[None], hs]), jnp.concatenate([q0[None], qs]),
-                    jnp.concatenate([c0[None], cs]))
-
-        hs, qs, cs = jax.vmap(arm)(jnp.array([-1.0, 1.0]))
-        gs = jnp.array([-1.0, 1.0])[:, None] * g_abs[None, :]
-        eta = jax.vmap(jax.vmap(lambda h: slope(h, 0.0)))(hs)
-        local = jax.vmap(jax.vmap(slope))(hs, gs)
-        upd = jax.vmap(jax.vmap(delta))(hs, gs)
-        return hs, qs, cs, gs, eta, local, upd
-
-    hs, qs, cs, gs, eta, local, upd = (np.asarray(a) for a in sweep(h_start, jnp.asarray(g_abs)))
+    low, high = (jnp.asarray(b) for b in state_bounds(opt, th))
+    # both arms at once: a batch of two starts with g* = −|g*| and +|g*|, one compiled solver
+    solve = compiled_solver(opt, "lm")
+    settings = {k: jnp.asarray(v) for k, v in solver_settings(
+        "lm", tol, max_iter, patience=patience, warmup=warmup).items()}
+    active = jnp.ones((2,), bool)
+    signs = np.array([-1.0, 1.0])
+    h = jnp.asarray(np.stack([h_start, h_start]))
+    hs, qs, ss = [], [], []
+    for a in g_abs:
+        h, q, status, _ = solve(th, h, jnp.asarray(signs * a), low, high, active, settings)
+        hs.append(np.asarray(h))
+        qs.append(np.asarray(q))
+        ss.append(np.asarray(status))
+    hs, qs, ss = (np.stack(x, axis=1) for x in (hs, qs, ss))  # (arm, g_abs, ...)
+    gs = signs[:, None] * g_abs[None, :]
+    curve = _cached(("s_curve", optimizer_key(opt)), lambda: _curve_fn(opt))
+    eta, local, upd = (np.asarray(x) for x in curve(th, jnp.asarray(hs), jnp.asarray(gs)))
     coords = {ARM: ARMS, G_ABS: g_abs}
     if unit_coord is not None:
         coords[UNIT] = unit_coord
     dims = (ARM, G_ABS)
-    return xr.Dataset(
-        {
-            "fixed_point": (dims + (UNIT,), hs, attrs("fixed point h*(g*)")),
-            "g_star": (dims, gs, attrs("constant gradient g*")),
-            "q": (dims, qs, attrs("½‖F − h‖² at the solution")),
-            "converged": (dims, cs, attrs("solve reached the tolerance")),
-            "effective_learning_rate": (dims, eta, attrs("effective learning rate at h*(g*), g = 0")),
-            "local_slope": (dims, local, attrs("−∂Δx/∂g at h*(g*), g = g*")),
-            "update": (dims, upd, attrs("update Δx at h*(g*) with gradient g*")),
-        },
-        coords=coords,
-        attrs={"tol": float(tol)},
-    )
+    data = {
+        "fixed_point": (dims + (UNIT,), hs, attrs("fixed point h*(g*)")),
+        "g_star": (dims, gs, attrs("constant gradient g*")),
+        "q": (dims, qs, attrs("½‖F − h‖² at the solution")),
+        "status": (dims, ss.astype(np.int8), attrs(
+            "solver status", flag_values=list(range(len(STATUS))), flag_meanings=" ".join(STATUS),
+            description=STATUS_DESCRIPTION)),
+        "converged": (dims, ss == CONVERGED, attrs("solve reached the tolerance in the state's range")),
+        "effective_learning_rate": (dims, eta, attrs("effective learning rate at h*(g*), g = 0")),
+        "local_slope": (dims, local, attrs("−∂Δx/∂g at h*(g*), g = g*")),
+        "update": (dims, upd, attrs("update Δx at h*(g*) with gradient g*")),
+    }
+    if check:
+        rho, _stable, attractor, _pull = check_attractors(opt, th, hs.reshape(-1, hs.shape[-1]),
+                                                          gs.ravel())
+        data["spectral_radius"] = (dims, rho.reshape(gs.shape),
+                                   attrs("largest |λ| of ∂F/∂h (solved components) at h*(g*)"))
+        data["attractor"] = (dims, attractor.reshape(gs.shape) & (ss == CONVERGED),
+                             attrs("converged, and forward iteration pulls perturbations back"))
+    return xr.Dataset(data, coords=coords,
+                      attrs={"tol": float(tol), "warmup": int(warmup), "max_iter": int(max_iter)})
 
 
 __all__ = ["gradient_range", "s_curve"]

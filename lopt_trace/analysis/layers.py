@@ -36,6 +36,14 @@ def _kind_means(per_tensor: xr.DataArray, kinds: np.ndarray, sizes: np.ndarray) 
                   weights, dim="tensor")
 
 
+def kind_means(per_tensor: xr.DataArray) -> xr.DataArray:
+    """The mean over the tensors of each kind (weight, bias) of a DataArray with a ``tensor`` dim
+    and the ``tensor_kind`` and ``tensor_size`` coords, tensors weighted by their size (the mean
+    over all of that kind's parameters when the per-tensor values are per-tensor means)."""
+    return _kind_means(per_tensor, strings(per_tensor["tensor_kind"].values),
+                       np.asarray(per_tensor["tensor_size"].values, dtype=np.float64))
+
+
 def tensor_trajectories(opt, theta, state_mean: xr.DataArray, pcs: xr.Dataset | None = None,
                         n_components: int = 3) -> xr.Dataset:
     """Mean state per (step, tensor) and per (step, kind), projections and effective rates."""
@@ -94,4 +102,4 @@ def gradient_histograms(gradient_hist: xr.DataArray, edges) -> xr.Dataset:
     )
 
 
-__all__ = ["gradient_histograms", "tensor_trajectories"]
+__all__ = ["gradient_histograms", "kind_means", "tensor_trajectories"]

@@ -25,28 +25,40 @@ import numpy as np
 import scipy.linalg
 import xarray as xr
 
-from lopt_trace.analysis._common import UNIT, attrs, batch_of_states, in_float64, theta64, unbatch
+from lopt_trace.analysis._common import (UNIT, attrs, batch_of_states, in_float64, theta64, theta_for_batch,
+                                         unbatch)
 
 MODE = "mode"
 UNIT_IN = "unit_in"
 
 
-def _jacobians(opt, theta):
-    def one(h, g):
-        jh = jax.jacfwd(opt.F, argnums=1)(theta, h, g)
-        jg = jax.jacfwd(opt.F, argnums=2)(theta, h, g)
-        w = jax.grad(opt.readout, argnums=1)(theta, opt.F(theta, h, g))
-        return jh, jg, w
+def _jacobians_one(opt, theta, h, g):
+    jh = jax.jacfwd(opt.F, argnums=1)(theta, h, g)
+    jg = jax.jacfwd(opt.F, argnums=2)(theta, h, g)
+    w = jax.grad(opt.readout, argnums=1)(theta, opt.F(theta, h, g))
+    return jh, jg, w
 
-    return jax.jit(jax.vmap(one))
+
+def _jacobians(opt, theta):
+    return jax.jit(jax.vmap(lambda h, g: _jacobians_one(opt, theta, h, g)))
 
 
 @in_float64
-def jacobians(opt, theta, states: xr.DataArray, g=0.0):
-    """∂F/∂h (…, unit, unit_in), ∂F/∂g (…, unit) and the readout gradient at F(h, g) (…, unit)."""
+def jacobians(opt, theta, states: xr.DataArray, g=0.0, theta_dim: str | None = None):
+    """∂F/∂h (…, unit, unit_in), ∂F/∂g (…, unit) and the readout gradient at F(h, g) (…, unit).
+
+    With ``theta_dim`` (a batch dim of ``states``), θ is a stack along that dim and each state is
+    evaluated with its own θ, in one ``vmap`` (e.g. one fixed point per meta-training checkpoint).
+    """
     h, dims, shape, coords = batch_of_states(states)
     gg = np.broadcast_to(np.asarray(g, dtype=np.float64), shape).ravel()
-    jh, jg, w = (np.asarray(a) for a in _jacobians(opt, theta64(theta))(jnp.asarray(h), jnp.asarray(gg)))
+    if theta_dim is None:
+        out = _jacobians(opt, theta64(theta))(jnp.asarray(h), jnp.asarray(gg))
+    else:
+        th, ax = theta_for_batch(theta, dims, shape, theta_dim)
+        out = jax.jit(jax.vmap(lambda t, hh, g1: _jacobians_one(opt, t, hh, g1), in_axes=(ax, 0, 0)))(
+            th, jnp.asarray(h), jnp.asarray(gg))
+    jh, jg, w = (np.asarray(a) for a in out)
     units = {UNIT: states[UNIT].values} if UNIT in states.coords else {}
     units_in = {UNIT_IN: states[UNIT].values} if UNIT in states.coords else {}
     return (unbatch(jh, dims, shape, coords, (UNIT, UNIT_IN), {**units, **units_in},
@@ -66,15 +78,27 @@ def modes(jac: np.ndarray, b: np.ndarray, w: np.ndarray):
     return lam[order], vr[:, order], left[:, order], alpha[order]
 
 
-def linearize(opt, theta, fixed_points: xr.DataArray, g_star=0.0) -> xr.Dataset:
+def momentum_mode(beta: np.ndarray, alpha: np.ndarray, share: float = 0.01) -> int:
+    """Index of the **momentum mode**: the slowest mode whose |α_i| is at least ``share`` of
+    Σ|α_i| (modes sorted by decreasing |λ|, as :func:`linearize` gives them); the slowest mode if
+    none carries learning rate."""
+    a = np.abs(np.nan_to_num(alpha))
+    carrying = np.flatnonzero(a >= share * max(a.sum(), 1e-300))
+    if len(carrying):
+        return int(carrying[0])
+    return int(np.nanargmax(beta)) if np.isfinite(beta).any() else 0
+
+
+def linearize(opt, theta, fixed_points: xr.DataArray, g_star=0.0, theta_dim: str | None = None) -> xr.Dataset:
     """Linearise at each fixed point ``(..., unit)`` (NaN rows give NaN modes).
 
     Returns the Jacobians and, over a ``mode`` dim sorted by decreasing |λ|: ``eigenvalue_real``,
     ``eigenvalue_imag``, ``beta`` (|λ|), ``timescale`` (−1/ln|λ| steps; inf for |λ| ≥ 1),
     ``alpha`` and ``alpha_imag``, and the right and left eigenvectors (real and imaginary parts).
-    ``effective_learning_rate`` is −wᵀb = Σ_i α_i.
+    ``effective_learning_rate`` is −wᵀb = Σ_i α_i. With ``theta_dim``, θ is a stack along that
+    batch dim of ``fixed_points`` (see :func:`jacobians`).
     """
-    jh, jg, w = jacobians(opt, theta, fixed_points, g_star)
+    jh, jg, w = jacobians(opt, theta, fixed_points, g_star, theta_dim=theta_dim)
     batch = [d for d in jh.dims if d not in (UNIT, UNIT_IN)]
     J = jh.transpose(*batch, UNIT, UNIT_IN).values
     B = jg.transpose(*batch, UNIT).values
@@ -153,4 +177,4 @@ def linearization_error(opt, theta, states: xr.DataArray, gradients: xr.DataArra
                    attrs=attrs("relative one-step linearisation error"))
 
 
-__all__ = ["jacobians", "linearization_error", "linearize", "modes"]
+__all__ = ["jacobians", "linearization_error", "linearize", "modes", "momentum_mode"]

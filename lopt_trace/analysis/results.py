@@ -72,6 +72,11 @@ def write_result(store, recipe: str, ds: xr.Dataset, *, version: str | int,
     path = os.fspath(store)
     if not exists(path):
         raise UserError(f"no store at {path}")
+    from lopt_trace.store import check_integrity
+
+    # the input must be what was recorded (every file at its size and checksum), or no result is
+    # written: a lost chunk reads as NaN and would change the result without a word
+    check_integrity(path, full=True)
     ds = _storable(ds)
     ds.attrs.update(provenance(recipe, version, parameters or {}))
     encoding = {name: {"compressors": COMPRESSORS} for name in ds.variables}
@@ -110,10 +115,26 @@ def run_recipe(store, recipe: str, version: str | int, compute, parameters: dict
     (when ``store`` is a path or URL and ``write``) and return it."""
     from lopt_trace.analysis.rebuild import open_for_analysis
 
-    tree = open_for_analysis(store)
-    ds = compute(tree, **parameters)
+    tree = open_for_analysis(store)  # refuses a store whose manifest shows lost or truncated files
+    try:
+        ds = compute(tree, **parameters)
+    except Exception as exc:
+        _raise_if_damaged(store, exc)  # a chunk that cannot be decoded: one line naming it
+        raise
     if write and not isinstance(store, xr.DataTree):
         ds = write_result(store, recipe, ds, version=version, parameters=parameters)
     return ds
+
+
+def _raise_if_damaged(store, exc: BaseException) -> None:
+    if isinstance(store, xr.DataTree) or isinstance(exc, UserError):
+        return
+    from lopt_trace.manifest import StoreDamaged, is_decode_error, undecodable_message
+
+    if is_decode_error(exc):
+        message = undecodable_message(os.fspath(store), exc)
+        if message:
+            raise StoreDamaged(message) from None
+
 
 __all__ = ["jsonable", "provenance", "read_result", "run_recipe", "write_result"]

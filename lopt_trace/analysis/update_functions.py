@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis._common import UNIT, attrs, batch_of_states, float64, in_float64, theta64, unbatch
+from lopt_trace.analysis._common import (UNIT, attrs, batch_of_states, float64, in_float64, theta64,
+                                         theta_for_batch, unbatch)
 
 GRADIENT = "g"
 SIDE = "side"
@@ -56,73 +57,94 @@ def update_function(opt, theta, states: xr.DataArray, gradients) -> xr.DataArray
 
 
 @in_float64
-def effective_learning_rate(opt, theta, states: xr.DataArray, at=0.0) -> xr.DataArray:
+def effective_learning_rate(opt, theta, states: xr.DataArray, at=0.0,
+                            theta_dim: str | None = None) -> xr.DataArray:
     """η(h) = −∂Δx/∂g at g = ``at`` (default 0) for every state in the batch, by autodiff.
 
     ``at`` may be a scalar or a DataArray broadcastable against the batch (one g per state).
+    With ``theta_dim`` (a batch dim of ``states``), θ is a stack along that dim and each state is
+    evaluated with its own θ (one ``vmap``; see :func:`lopt_trace.analysis._common.theta_for_batch`).
     """
     h, dims, shape, coords = batch_of_states(states)
     if isinstance(at, xr.DataArray):
         at = at.broadcast_like(states.isel({UNIT: 0}, drop=True)).transpose(*dims).values
     g = np.broadcast_to(np.asarray(at, dtype=np.float64), shape).ravel()
-    th = theta64(theta)
-    out = jax.jit(jax.vmap(_eta(opt, th)))(jnp.asarray(h), jnp.asarray(g))
+    if theta_dim is None:
+        th = theta64(theta)
+        out = jax.jit(jax.vmap(_eta(opt, th)))(jnp.asarray(h), jnp.asarray(g))
+    else:
+        th, ax = theta_for_batch(theta, dims, shape, theta_dim)
+        out = jax.jit(jax.vmap(lambda t, hh, gg: _eta(opt, t)(hh, gg), in_axes=(ax, 0, 0)))(
+            th, jnp.asarray(h), jnp.asarray(g))
     return unbatch(out, dims, shape, coords, name="effective_learning_rate",
                    attrs=attrs("effective learning rate −∂Δx/∂g"))
 
 
-def _saturation_arrays(opt, theta, h, g_max, tol, num, bisect_steps):
+def _saturation_state(opt, theta, hh, g_max, tol, num, bisect_steps):
+    """(η, threshold per side, update limit per side) at one state ``hh`` (d,)."""
     delta = _delta_x(opt, theta)
     eta_fn = _eta(opt, theta)
     grid = jnp.linspace(0.0, g_max, num)[1:]  # magnitudes > 0
 
-    def per_state(hh):
-        d0 = delta(hh, 0.0)
-        eta = eta_fn(hh, 0.0)
+    d0 = delta(hh, 0.0)
+    eta = eta_fn(hh, 0.0)
 
-        def dev(g):
-            return jnp.abs(delta(hh, g) - (d0 - eta * g)) / jnp.abs(eta * g)
+    def dev(g):
+        return jnp.abs(delta(hh, g) - (d0 - eta * g)) / jnp.abs(eta * g)
 
-        def side(sign):
-            vals = jax.vmap(lambda a: delta(hh, sign * a))(grid)
-            devs = jax.vmap(lambda a: dev(sign * a))(grid)
-            over = devs > tol
-            found = jnp.any(over)
-            j = jnp.argmax(over)
-            hi = grid[j]
-            lo = jnp.where(j > 0, grid[jnp.maximum(j - 1, 0)], 0.0)
+    def side(sign):
+        vals = jax.vmap(lambda a: delta(hh, sign * a))(grid)
+        devs = jax.vmap(lambda a: dev(sign * a))(grid)
+        over = devs > tol
+        found = jnp.any(over)
+        j = jnp.argmax(over)
+        hi = grid[j]
+        lo = jnp.where(j > 0, grid[jnp.maximum(j - 1, 0)], 0.0)
 
-            def body(_, bracket):
-                lo, hi = bracket
-                mid = 0.5 * (lo + hi)
-                above = dev(sign * mid) > tol
-                return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+        def body(_, bracket):
+            lo, hi = bracket
+            mid = 0.5 * (lo + hi)
+            above = dev(sign * mid) > tol
+            return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
 
-            lo, hi = jax.lax.fori_loop(0, bisect_steps, body, (lo, hi))
-            thr = jnp.where(found, hi, jnp.inf)
-            limit = jnp.max(jnp.abs(vals - d0))
-            return thr, limit
+        lo, hi = jax.lax.fori_loop(0, bisect_steps, body, (lo, hi))
+        thr = jnp.where(found, hi, jnp.inf)
+        limit = jnp.max(jnp.abs(vals - d0))
+        return thr, limit
 
-        thr, limit = jax.vmap(side)(jnp.array([-1.0, 1.0]))
-        return eta, thr, limit
+    thr, limit = jax.vmap(side)(jnp.array([-1.0, 1.0]))
+    return eta, thr, limit
 
-    return jax.jit(jax.vmap(per_state))(h)
+
+def _saturation_arrays(opt, theta, h, g_max, tol, num, bisect_steps, theta_axis=None):
+    """:func:`_saturation_state` for every state of ``h`` (B, d); θ shared (``theta_axis`` None)
+    or one per state (``theta_axis`` 0, entries of shape (B, ...))."""
+    if theta_axis is None:
+        return jax.jit(jax.vmap(lambda hh: _saturation_state(opt, theta, hh, g_max, tol, num,
+                                                              bisect_steps)))(h)
+    return jax.jit(jax.vmap(lambda t, hh: _saturation_state(opt, t, hh, g_max, tol, num, bisect_steps),
+                            in_axes=(theta_axis, 0)))(theta, h)
 
 
 @in_float64
 def saturation(opt, theta, states: xr.DataArray, g_max: float, tol: float = 0.1,
-               num: int = 1001, bisect_steps: int = 60) -> xr.Dataset:
+               num: int = 1001, bisect_steps: int = 60, theta_dim: str | None = None) -> xr.Dataset:
     """Saturation of the update function at each state, for |g| ≤ ``g_max`` (see module doc).
 
     Returns ``effective_learning_rate``, ``threshold`` (the smaller side; inf when the update
     stays within ``tol`` of linear up to ``g_max``), ``threshold_side`` and ``update_limit`` per
-    side, and ``clip_equivalent``.
+    side, and ``clip_equivalent``. With ``theta_dim``, θ is a stack along that batch dim of
+    ``states`` and each state is evaluated with its own θ (see :func:`effective_learning_rate`).
     """
     if not g_max > 0:
         raise ValueError(f"g_max must be positive, got {g_max}")
     h, dims, shape, coords = batch_of_states(states)
-    eta, thr, limit = _saturation_arrays(opt, theta64(theta), jnp.asarray(h), float(g_max),
-                                         float(tol), int(num), int(bisect_steps))
+    if theta_dim is None:
+        th, ax = theta64(theta), None
+    else:
+        th, ax = theta_for_batch(theta, dims, shape, theta_dim)
+    eta, thr, limit = _saturation_arrays(opt, th, jnp.asarray(h), float(g_max),
+                                         float(tol), int(num), int(bisect_steps), ax)
     eta, thr, limit = np.asarray(eta), np.asarray(thr), np.asarray(limit)
     side = {SIDE: SIDES}
     with np.errstate(divide="ignore", invalid="ignore"):

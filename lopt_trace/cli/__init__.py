@@ -13,7 +13,7 @@ from lopt_trace.errors import UserError
 COMMANDS = {
     "tasks": "tasks",
     "train": "train",
-    "record": "record", "info": "info",
+    "record": "record", "info": "info", "verify": "verify",
     "dashboard": "dashboard",
     "report": "report",
     "tune": "tune",
@@ -49,11 +49,71 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
-        sys.stderr.write(f"lopt-trace {args.command}: error: {exc}\n")
-        return 2
+        return _fail(args, str(exc), 2)
     except KeyboardInterrupt:
         sys.stderr.write(f"lopt-trace {args.command}: interrupted\n")
         return 130
+    except OSError as exc:  # the filesystem: full disk, read-only, permissions, ...
+        return _fail(args, os_error_message(exc, _paths(args)), 1)
+    except Exception as exc:
+        message = _environment_message(exc, args)
+        if message is None:
+            raise  # a bug: keep the traceback
+        return _fail(args, message, 1)
+
+
+def _fail(args, message: str, code: int) -> int:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    sys.stderr.write(f"lopt-trace {args.command}: error: {text}\n")
+    return code
+
+
+def _paths(args) -> list[str]:
+    """The paths a command was given (``store``, ``--out``, ...), to name in a message."""
+    return [str(v) for k in ("store", "out", "save", "png") if (v := getattr(args, k, None))]
+
+
+#: what an errno means for the user, and what to do about it
+_ERRNO_HINTS = {
+    "ENOSPC": "no space left on the device; free some space and run the command again (record "
+              "and train continue with --resume; what was finished is kept)",
+    "EDQUOT": "disk quota exceeded; free some space and run the command again (record and train "
+              "continue with --resume)",
+    "EROFS": "the filesystem is read-only; choose an --out on a writable filesystem",
+    "EACCES": "permission denied; choose a path you may write, or change its permissions",
+    "EPERM": "operation not permitted; choose a path you may write, or change its permissions",
+    "ENOENT": "no such file or folder",
+    "ENOTDIR": "a part of the path is not a folder",
+    "EISDIR": "it is a folder, not a file",
+}
+
+
+def os_error_message(exc: OSError, paths=()) -> str:
+    """One line for a filesystem error: the path and the cause (and what to do)."""
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(exc.errno or -1, "")
+    where = exc.filename or (paths[0] if paths else None)
+    cause = _ERRNO_HINTS.get(name) or exc.strerror or str(exc) or type(exc).__name__
+    if name and name not in _ERRNO_HINTS:
+        cause = f"{cause} ({name})"
+    return f"{where}: {cause}" if where else cause
+
+
+def _environment_message(exc: Exception, args) -> str | None:
+    """One line for errors that come from the environment or from damaged files, else None."""
+    paths = _paths(args)
+    if isinstance(exc, ImportError) and "install" in str(exc).lower():
+        return f"{paths[0] + ': ' if paths else ''}{exc} (a package this needs is not installed)"
+    if isinstance(exc, ValueError) and "protocol not known" in str(exc).lower():
+        return f"{paths[0] + ': ' if paths else ''}unknown URL protocol ({exc})"
+    store = getattr(args, "store", None)
+    if store is not None:
+        from lopt_trace.manifest import is_decode_error, undecodable_message
+
+        if is_decode_error(exc):  # a damaged file, if one is found; else a bug: the traceback
+            return undecodable_message(store, exc)
+    return None
 
 
 def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
@@ -96,6 +156,25 @@ def unit_interval(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def output_path(text: str) -> str:
+    """argparse type for an output path or URL: not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+def existing_file(text: str) -> str:
+    """argparse type for an input file given explicitly: it must exist (a missing file is an error,
+    not a silent fall-back to a default)."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file, got an empty string")
+    if "://" not in text and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no file at {text}")
+    return text
 
 
 def task_name(text: str) -> str:

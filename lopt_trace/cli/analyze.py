@@ -71,6 +71,7 @@ def _peak_rss_mb() -> float:
 
 def run(args) -> int:
     import contextlib
+    import sys
     import time
 
     from lopt_trace import recipes_loader
@@ -92,6 +93,11 @@ def run(args) -> int:
             kw = {k: v for k, v in params.items() if k in accepted}
             if args.optimizer is not None and "optimizer" in accepted:
                 kw["optimizer"] = args.optimizer
+            skip = getattr(module, "not_applicable", None)  # e.g. emergence without a history
+            reason = skip(tree, kw.get("optimizer")) if skip is not None and args.recipe == "all" else None
+            if reason:
+                print(f"{name}: skipped: {reason}", file=sys.stderr, flush=True)
+                continue
             start = time.perf_counter()
             ds = module.compute(tree, **kw)
             if not args.no_write:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from lopt_trace.cli import nonnegative_int, positive_int, task_name
+from lopt_trace.cli import existing_file, nonnegative_int, output_path, positive_int, task_name
 
 
 def optimizer_name(text: str) -> str:
     from lopt_trace.compare import ALL_OPTIMIZERS
 
-    if text != "all" and text not in ALL_OPTIMIZERS:
+    if text != "all" and text not in ALL_OPTIMIZERS and not text.startswith("optax:"):
         raise argparse.ArgumentTypeError(
-            f"unknown optimizer {text!r}; choose from: {', '.join(ALL_OPTIMIZERS)}, all")
+            f"unknown optimizer {text!r}; choose from: {', '.join(ALL_OPTIMIZERS)}, all, optax:NAME")
     return text
 
 
@@ -28,19 +28,21 @@ def add_parser(sub, name):
                    help="first held-out seed is 1e9 + this (default 0)")
     p.add_argument("--optimizer", type=optimizer_name, nargs="+", default=None, metavar="NAME",
                    help="optimizers to run (learned, sgd, momentum, rmsprop, adam, or all; default: "
-                        "learned momentum rmsprop adam, skipping any that is not bundled)")
+                        "learned momentum rmsprop adam, skipping any that is not bundled), or an optax "
+                        "transform: optax:lion, \"optax:adabelief(learning_rate=1e-3,b1=0.9)\" "
+                        "(docs/optimizers.md)")
     p.add_argument("--learned", default=None, metavar="PATH",
                    help="learned optimizer file to use instead of the bundled one")
-    p.add_argument("--tuned", default=None, metavar="JSON",
+    p.add_argument("--tuned", default=None, metavar="JSON", type=existing_file,
                    help="tuned-hyperparameter file to use instead of data/tuned/<task>.json")
     p.add_argument("--untuned", action="store_true",
                    help="use default hyperparameters for baselines that have no tuned entry")
     p.add_argument("--steps", type=positive_int, default=None, help="inner steps (default: the task's)")
-    p.add_argument("--out", default=None, metavar="PLOT",
+    p.add_argument("--out", default=None, metavar="PLOT", type=output_path,
                    help="plot file, .html (default ./<task>-compare.html; a .png is added when "
                         "bokeh can export one)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
-    p.add_argument("--save", default=None, metavar="ZARR",
+    p.add_argument("--save", default=None, metavar="ZARR", type=output_path,
                    help="also write the curves and the table to this Zarr store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plot or --save store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -94,6 +96,7 @@ def run(args) -> int:
     if "learned" in [e.label for e in entries]:
         for kind, gaps in (("combined sem of the two means", margins(summary)),
                            ("sem of the per-problem differences (paired)", paired_margins(curves["loss"]))):
+            gaps = {k: v for k, v in gaps.items() if k != "learned-warm"}  # not a baseline
             if gaps:
                 text = ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items())
                 verdict = "beats" if all(v > 2 for v in gaps.values()) else "does NOT beat"

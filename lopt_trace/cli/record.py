@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lopt_trace.cli import nonnegative_int, positive_int, task_name
+from lopt_trace.cli import nonnegative_int, output_path, positive_int, task_name
 
 
 def params_arg(text: str):
@@ -47,8 +47,11 @@ def add_parser(sub, name):
                "  lopt-trace record --task linear_regression --params all --out memory://lr.zarr")
     p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
     p.add_argument("--optimizer", action="append", default=None, metavar="SPEC",
-                   help="learned (the bundled trained optimizer), an optimizer file, or sgd, momentum, "
-                        "rmsprop, adam (tuned hyperparameters when bundled, else defaults); repeat to "
+                   help="learned (the bundled optimizer meta-trained from random weights), learned-warm "
+                        "(the bundled warm-started one, two_moons and mnist), an optimizer file, or sgd, momentum, "
+                        "rmsprop, adam (tuned hyperparameters when bundled, else defaults), or an optax "
+                        "transform: optax:lion, \"optax:adabelief(learning_rate=1e-3,b1=0.9)\" "
+                        "(docs/optimizers.md); repeat to "
                         f"record several (default: {' '.join(DEFAULT_OPTIMIZERS)})")
     p.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS,
                    help=f"held-out test problems per optimizer (default {DEFAULT_RUNS})")
@@ -59,7 +62,7 @@ def add_parser(sub, name):
                    help="keep every E-th step for the per-parameter arrays (default 1; losses are kept every step)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the per-parameter arrays (default float32; float16 halves the size)")
-    p.add_argument("--out", default=None, help="store path or fsspec URL (default ./<task>.zarr)")
+    p.add_argument("--out", default=None, type=output_path, help="store path or fsspec URL (default ./<task>.zarr)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace an existing store")
     g.add_argument("--resume", action="store_true",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from lopt_trace.cli import output_path
+
 
 def add_parser(sub, name):
     p = sub.add_parser(
@@ -15,8 +17,8 @@ def add_parser(sub, name):
                     "numbers. Missing /analysis/* results are computed and written into the store "
                     "first, unless --no-compute is given.")
     p.add_argument("store", help="path or URL of a store written by `lopt-trace record`")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
-    p.add_argument("--png", metavar="DIR", default=None,
+    p.add_argument("--out", default="report.html", type=output_path, help="HTML file to write (default report.html)")
+    p.add_argument("--png", metavar="DIR", default=None, type=output_path,
                    help="also write each figure as DIR/figN.png (needs chromium and chromedriver: "
                         "`apt-get install chromium chromium-driver`)")
     p.add_argument("--no-compute", action="store_true",
@@ -26,6 +28,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
+    _check_replaceable(args.out, args.overwrite)  # before the heavy imports
     from lopt_trace.report import write_report
 
     started = time.perf_counter()
@@ -39,3 +42,21 @@ def run(args) -> int:
     for png in result.pngs:
         print(f"  png: {png}")
     return 0
+
+
+def _check_replaceable(out, overwrite: bool) -> None:
+    """--overwrite replaces only a report lopt-trace wrote (issue #14), never another file."""
+    from pathlib import Path
+
+    from lopt_trace.errors import UserError
+
+    path = Path(out)
+    if path.is_dir():
+        raise UserError(f"{out} is a folder; --out must be an HTML file")
+    if not (overwrite and path.exists()):
+        return
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if not (head.startswith(b"<!DOCTYPE html>") and b"section.figure" in head):
+        raise UserError(f"refusing to overwrite {out}: it is a file of {path.stat().st_size} bytes "
+                        "that is not a report written by lopt-trace; move it away or choose another --out")

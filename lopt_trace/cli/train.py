@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from lopt_trace.cli import nonnegative_int, positive_float, positive_int, task_name, unit_interval
+import argparse
+import re
+
+from lopt_trace.cli import (nonnegative_int, output_path, positive_float, positive_int, task_name,
+                            unit_interval)
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
@@ -13,12 +17,30 @@ SCALES = {
 }
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration(text: str) -> float:
+    """argparse type for a duration: ``90m``, ``2h``, ``3600s``, ``1h30m``, ``1.5h`` -> seconds."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90m, 2h, 3600s or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if not total > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return total
+
+
 def add_parser(sub, name):
     p = sub.add_parser(
         name, help="meta-train a learned (GRU) optimizer on a task",
-        description="Meta-train a component-wise GRU optimizer by backpropagation through unrolled "
-                    "optimization, and write it as an optimizer file (a Zarr folder with θ, its "
-                    "configuration and the meta-training history).")
+        description="Meta-train a component-wise GRU optimizer on truncated unrolls, by "
+                    "backpropagation (default) or persistent evolution strategies (--estimator "
+                    "pes), and write it as an optimizer file (a Zarr folder with θ, its "
+                    "configuration and the meta-training history). Long runs: --time-budget "
+                    "checkpoints and exits when the time is spent, --resume continues.")
     p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
     p.add_argument("--units", type=positive_int, default=32, help="GRU units (default 32; the paper uses 256)")
     p.add_argument("--iterations", type=positive_int, default=200, help="meta-iterations (default 200)")
@@ -28,7 +50,16 @@ def add_parser(sub, name):
                    help="inner steps per meta-gradient (truncated unrolls; default: all --steps)")
     p.add_argument("--first-order", action="store_true",
                    help="treat task gradients as constants in the meta-gradient (no second "
-                        "derivatives; much cheaper on CNNs, approximate)")
+                        "derivatives; much cheaper on CNNs, approximate; bptt only)")
+    p.add_argument("--estimator", choices=("bptt", "pes"), default="bptt",
+                   help="meta-gradient: bptt, backpropagation through each truncation (default; "
+                        "chosen by measurement, docs/metatrain.md), or pes, persistent evolution "
+                        "strategies (antithetic pairs, forward unrolls only, unbiased across "
+                        "truncations)")
+    p.add_argument("--pes-std", type=positive_float, default=None, metavar="SIGMA",
+                   help="PES: standard deviation of the perturbations of θ (default 0.01)")
+    p.add_argument("--pes-pairs", type=positive_int, default=None, metavar="K",
+                   help="PES: antithetic pairs per problem of the meta-batch (default 2)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="meta learning rate (default 3e-3)")
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on θ (default 0)")
     p.add_argument("--input-scale", type=positive_float, default=None, help="gradient input scale (default per task)")
@@ -54,8 +85,12 @@ def add_parser(sub, name):
                         "horizon at the start and at every checkpoint, and keep the best θ "
                         "(default 0: off, keep the last)")
     p.add_argument("--checkpoint-every", type=positive_int, default=50, help="checkpoint period (default 50)")
+    p.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
+                   help="stop when this much time is spent (e.g. 90m, 2h, 3600s, 1h30m): write the "
+                        "checkpoint, print how to resume, exit 0; continue with --resume (the "
+                        "result is the same, bit for bit, as an uninterrupted run)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="meta-training seed (default 0)")
-    p.add_argument("--out", default=None, help="output optimizer file (default ./<task>-learned.zarr)")
+    p.add_argument("--out", default=None, type=output_path, help="output optimizer file (default ./<task>-learned.zarr)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -65,10 +100,25 @@ def add_parser(sub, name):
 def run(args) -> int:
     import time
 
+    began = time.monotonic()
+    from lopt_trace.errors import UserError
     from lopt_trace.metatrain import MetaTrainConfig, train
     from lopt_trace.optimizers import LearnedGRU
     from lopt_trace.tasks import get_task
 
+    pes = {}
+    if args.pes_std is not None:
+        pes["pes_std"] = args.pes_std
+    if args.pes_pairs is not None:
+        pes["pes_pairs"] = args.pes_pairs
+    if pes and args.estimator != "pes":
+        raise UserError("--pes-std and --pes-pairs apply to --estimator pes")
+    cfg = MetaTrainConfig(iterations=args.iterations, batch=args.batch, steps=args.steps,
+                          truncation=args.truncation, learning_rate=args.lr, l2=args.l2,
+                          seed=args.seed, checkpoint_every=args.checkpoint_every,
+                          first_order=args.first_order, validation=args.validation,
+                          estimator=args.estimator, **pes)
+    cfg.validate()  # before the task's data or a warm-start search
     task = get_task(args.task)
     out = args.out or f"{args.task}-learned.zarr"
     theta0 = warm = None
@@ -80,13 +130,15 @@ def run(args) -> int:
             in_scale = 1.0  # the normalised input is in [-1, 1]
         opt = LearnedGRU(units=args.units, input_scale=args.input_scale or in_scale,
                          output_scale=args.output_scale or out_scale, input_norm=args.input_norm)
-    cfg = MetaTrainConfig(iterations=args.iterations, batch=args.batch, steps=args.steps,
-                          truncation=args.truncation, learning_rate=args.lr, l2=args.l2,
-                          seed=args.seed, checkpoint_every=args.checkpoint_every,
-                          first_order=args.first_order, validation=args.validation)
     start = time.perf_counter()
+    budget = None  # what is left of --time-budget, counted from the start of the command
+    if args.time_budget is not None:
+        budget = args.time_budget - (time.monotonic() - began)
     history = train(task, opt, cfg, out, resume=args.resume, overwrite=args.overwrite,
-                    theta0=theta0, warm_start=warm)
+                    theta0=theta0, warm_start=warm, time_budget=budget)
+    if history.attrs.get("stopped"):
+        _print_resume(args, history, out)
+        return 0
     loss = history["meta_loss"].values
     k = max(1, len(loss) // 10)
     print(f"meta-loss {loss[:k].mean():.4f} (first {k}) -> {loss[-k:].mean():.4f} (last {k}); "
@@ -98,6 +150,26 @@ def run(args) -> int:
               f"{scores[max(scores)]:.4f} (end); kept θ of iteration {it} ({scores[it]:.4f})")
     print(f"wrote {out}")
     return 0
+
+
+def _print_resume(args, history, out) -> None:
+    """What a run stopped by --time-budget prints: where it stands and the command that resumes it."""
+    import shlex
+    import sys
+
+    from lopt_trace.metatrain import checkpoint_path
+
+    done = history.sizes["iteration"]
+    print(f"time budget spent: {done} of {args.iterations} iterations done; checkpoint "
+          f"{checkpoint_path(out)}")
+    argv = sys.argv[1:]
+    if argv[:1] == ["train"]:
+        argv = [a for a in argv if a != "--overwrite"]
+        if "--resume" not in argv:
+            argv.append("--resume")
+        print(f"continue with: lopt-trace {shlex.join(argv)}")
+    else:
+        print("continue with the same command and --resume")
 
 
 def _warm_start(args, task, out):

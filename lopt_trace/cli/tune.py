@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from lopt_trace.cli import positive_float, nonnegative_int, positive_int, task_name
+from lopt_trace.cli import nonnegative_int, output_path, positive_float, positive_int, task_name
 
 CHOICES = ("sgd", "momentum", "rmsprop", "adam", "all")
 
 
 def optimizer_name(text: str) -> str:
-    if text not in CHOICES:
+    if text not in CHOICES and not text.startswith("optax:"):
         raise argparse.ArgumentTypeError(f"unknown optimizer {text!r}; choose one of: {', '.join(CHOICES)}")
     return text
 
@@ -25,7 +25,8 @@ def add_parser(sub, name):
                     "per optimizer.")
     p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
     p.add_argument("--optimizer", required=True, type=optimizer_name,
-                   help="sgd, momentum, rmsprop, adam, or all")
+                   help="sgd, momentum, rmsprop, adam, or all; or an optax transform, e.g. "
+                        "optax:lion (its float hyperparameters are searched: see docs/optimizers.md)")
     p.add_argument("--samples", type=positive_int, default=2500, help="random candidates per optimizer (default 2500)")
     p.add_argument("--seeds", type=positive_int, default=8, help="problems each candidate is scored on (default 8)")
     p.add_argument("--steps", type=positive_int, default=None, help="inner steps (default: the task's)")
@@ -37,7 +38,7 @@ def add_parser(sub, name):
     p.add_argument("--lr-range", nargs=2, type=positive_float, default=None, metavar=("LOW", "HIGH"),
                    help="narrow the learning-rate range (log-uniform) for small searches on "
                         "expensive tasks; other ranges stay as documented")
-    p.add_argument("--out", default=None, help="output Zarr store (default ./<task>-tune.zarr)")
+    p.add_argument("--out", default=None, type=output_path, help="output Zarr store (default ./<task>-tune.zarr)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--bundle", nargs="?", const="", default=None, metavar="JSON",
                    help="also merge the best configurations into JSON (default: the bundled "
@@ -56,6 +57,7 @@ def run(args) -> int:
         LogUniform,
         best_config,
         bundle_best,
+        search_space,
         tune,
         tune_tree,
     )
@@ -68,7 +70,7 @@ def run(args) -> int:
     seed_base = TUNE_SEED_BASE if args.seed_base is None else args.seed_base
     results = {}
     for name in names:
-        space = dict(SEARCH_SPACES[name])
+        space = dict(search_space(name))
         if args.lr_range:
             low, high = args.lr_range
             if low > high:

@@ -9,6 +9,7 @@ Each tab lives in its own module, with plain functions that turn store data into
   update_functions  Δx(g) at a chosen state against SGD; effective learning rate along it
   linear_dynamics   Jacobian eigenvalues at the fixed points; α_i against β_i
   gradients         gradient-magnitude histograms with the saturation threshold
+  emergence         the meta-objective and each mechanism's strength over meta-training
 """
 
 from lopt_trace.dashboard.data import StoreView

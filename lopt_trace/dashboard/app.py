@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from lopt_trace.dashboard import gradients, linear_dynamics, overview, state_space, update_functions
+from lopt_trace.dashboard import emergence, gradients, linear_dynamics, overview, state_space, update_functions
 from lopt_trace.dashboard._common import notice, pn
 from lopt_trace.dashboard.data import StoreView
 
@@ -20,6 +20,7 @@ TABS = (
     ("Update functions", update_functions.build),
     ("Linear dynamics", linear_dynamics.build),
     ("Gradients", gradients.build),
+    ("Emergence", emergence.build),
 )
 
 CSS = """

@@ -25,6 +25,7 @@ RECIPE_ROLES = {
     "schedule": "effective learning rate without gradients (Fig. 5)",
     "adaptation": "fixed points along the g* sweep: the S-curve (Fig. 6)",
     "layers": "per-tensor trajectories and gradient histograms (Fig. 7)",
+    "emergence": "every mechanism at every θ checkpoint of the meta-training history (Fig. 8)",
 }
 
 
@@ -107,7 +108,7 @@ class StoreView:
         if not names:
             return None
         if "learned" not in names:
-            for recipe in ("momentum", "clipping", "adaptation", "schedule", "layers"):
+            for recipe in ("momentum", "clipping", "adaptation", "schedule", "layers", "emergence"):
                 analysed = self.analysis_optimizer(recipe)
                 if analysed in names:
                     return analysed

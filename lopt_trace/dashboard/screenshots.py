@@ -106,8 +106,8 @@ def wait_for_server(proc: subprocess.Popen, url: str, timeout: float = 120.0) ->
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the dashboard exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+        try:  # a loaded machine can take many seconds to render the first page: wait for it
+            with urllib.request.urlopen(url, timeout=max(1.0, min(30.0, deadline - time.perf_counter()))) as r:
                 if r.status == 200:
                     return
         except OSError:

@@ -14,10 +14,12 @@ pytree of arrays, so a batch of hyperparameters can be ``vmap``-ed (tuning does 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Theta = Any  # a pytree of arrays
 
@@ -38,6 +40,11 @@ class ComponentwiseOptimizer:
     #: scales and clocks with no fixed point of their own worth analysing (e.g. a normaliser that
     #: decays to 0 without gradients); see :mod:`lopt_trace.analysis.fixed_points`
     held_state: tuple[str, ...] = ()
+    #: the state's range, per component name: ``{name: (low, high)}``; components not listed are
+    #: unbounded. A range is a closed interval that holds every fixed point of F and that F maps
+    #: into itself (a state inside stays inside for any gradient), so fixed-point solvers keep their
+    #: iterates there and reject solutions outside it. See :meth:`state_bounds`.
+    state_range: dict[str, tuple[float, float]] = {}
 
     def __init__(self, clip: float | None = None):
         if clip is not None and not clip > 0:
@@ -49,6 +56,16 @@ class ComponentwiseOptimizer:
     def state_size(self) -> int:
         """d, the number of state components per parameter."""
         return len(self.state_names)
+
+    def state_bounds(self, theta: Theta | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-component ``(low, high)`` float64 arrays of shape (d,) (±inf: unbounded) from
+        :attr:`state_range`. Subclasses whose range depends on θ or on the configuration
+        override this method."""
+        low = np.array([self.state_range.get(n, (-math.inf, math.inf))[0] for n in self.state_names],
+                       dtype=np.float64)
+        high = np.array([self.state_range.get(n, (-math.inf, math.inf))[1] for n in self.state_names],
+                        dtype=np.float64)
+        return low, high
 
     def init_theta(self, key: jax.Array | None = None) -> Theta:
         """Default θ (hyperparameters, or freshly initialised weights for a learned optimizer)."""

@@ -12,6 +12,9 @@ rmsprop    mean_square, gradient                  s' = ρ s + (1−ρ) g²;  Δx
 adam       m, v, count                            optax.adam with bias correction, exactly
 =========  =====================================  ==========================================
 
+State ranges (``state_range``, used by the fixed-point solver): second moments (RMSProp's
+``mean_square``, Adam's ``v``) and Adam's ``count`` are non-negative; the rest is unbounded.
+
 The update rules equal optax's ``sgd``, ``sgd(momentum=β)``, ``rmsprop`` and ``adam``.
 """
 
@@ -67,6 +70,7 @@ class RMSProp(ComponentwiseOptimizer):
 
     name = "rmsprop"
     state_names = ("mean_square", "gradient")
+    state_range = {"mean_square": (0.0, float("inf"))}
 
     def init_theta(self, key=None):
         return _f32(learning_rate=1e-3, decay=0.9, eps=1e-8)
@@ -88,6 +92,7 @@ class Adam(ComponentwiseOptimizer):
 
     name = "adam"
     state_names = ("m", "v", "count")
+    state_range = {"v": (0.0, float("inf")), "count": (0.0, float("inf"))}
 
     def init_theta(self, key=None):
         return _f32(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8)

@@ -16,19 +16,30 @@ a state component ``gmax`` after the GRU units::
 so the GRU sees every parameter's gradient on the same scale. This normalisation is given by
 hand, not learned; see docs/metatrain.md.
 
+The state's range (:meth:`LearnedGRU.state_bounds`) is |h_i| ≤ 1 per unit (h' is a convex
+combination of h and h̃ ∈ (−1, 1)) and gmax ≥ 0.
+
 θ = {"W_z", "W_r", "W_h": (u,), "U_z", "U_r", "U_h": (u, u), "b_z", "b_r", "b_h": (u,),
      "h0": (u,), "readout": (u,)}; ``h0`` is the learned initial state shared by all parameters.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from lopt_trace.optimizers.base import ComponentwiseOptimizer
 
 GATES = ("z", "r", "h")
+
+#: name of the GRU's input x = input_scale · g in :meth:`LearnedGRU.fast_step`; a remat policy that
+#: keeps it lets first-order meta-gradients skip recomputing the task's gradient
+#: (:func:`lopt_trace.unroll.run_population`)
+GRU_INPUT = "lopt_trace_gru_input"
 
 
 class LearnedGRU(ComponentwiseOptimizer):
@@ -51,6 +62,14 @@ class LearnedGRU(ComponentwiseOptimizer):
         if self.input_norm is not None:
             self.state_names += ("gmax",)
             self.held_state = ("gmax",)  # decays to 0 without gradients, where g / gmax is sign(g)
+
+    def state_bounds(self, theta=None):
+        """GRU units in [−1, 1]: h' = (1 − z) h + z h̃ with |h̃| < 1 and 0 < z < 1, so the box is
+        mapped into itself and every fixed point (h* = h̃(h*)) lies inside it. ``gmax`` ≥ 0."""
+        low, high = np.full(self.state_size, -1.0), np.full(self.state_size, 1.0)
+        if self.input_norm is not None:
+            low[-1], high[-1] = 0.0, np.inf
+        return low, high
 
     def config(self) -> dict:
         config = {**super().config(), "units": self.units, "input_scale": self.input_scale,
@@ -96,6 +115,84 @@ class LearnedGRU(ComponentwiseOptimizer):
 
     def readout(self, theta, h):
         return self.output_scale * (h[..., : self.units] @ theta["readout"])
+
+    #: values :meth:`fast_step` names for a remat policy to keep
+    #: (:func:`lopt_trace.unroll.run_population`)
+    remat_saved_names = (GRU_INPUT,)
+
+    def fast_step(self, theta, h, g):
+        """:meth:`step` for meta-gradients: the same h' and Δx (to float32 round-off), with a
+        hand-written reverse-mode derivative (:func:`gru_core`) that is several times cheaper than
+        the one JAX derives from :meth:`_F`. Not forward-mode differentiable (``jax.jvp`` raises);
+        the analyses use :meth:`F`. h (..., d), g (...) -> h' (..., d), Δx (...).
+        """
+        if self.clip is not None:
+            g = jnp.clip(g, -self.clip, self.clip)
+        hu = h
+        if self.input_norm is not None:
+            gmax = jnp.maximum(self.input_norm * h[..., -1], jnp.abs(g))
+            hu = h[..., :-1]
+            g = g / jnp.where(gmax > 0, gmax, 1.0)
+        lead = g.shape
+        weights = {k: theta[k] for k in CORE_KEYS}
+        x = checkpoint_name((self.input_scale * g).reshape(-1), GRU_INPUT)
+        h_next, dx = gru_core(self.output_scale, weights, hu.reshape(-1, self.units), x)
+        h_next, dx = h_next.reshape(*lead, self.units), dx.reshape(lead)
+        if self.input_norm is not None:
+            h_next = jnp.concatenate([h_next, gmax[..., None]], axis=-1)
+        return h_next, dx
+
+
+#: the entries of θ that one GRU step reads (all but ``h0``)
+CORE_KEYS = ("W_z", "W_r", "W_h", "U_z", "U_r", "U_h", "b_z", "b_r", "b_h", "readout")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gru_core(output_scale: float, w: dict, h: jax.Array, x: jax.Array):
+    """One GRU step on m components: h (m, u), input x (m,) -> h' (m, u), Δx (m,).
+
+    The math of :meth:`LearnedGRU._F` and :meth:`LearnedGRU.readout` (x is already
+    ``input_scale · g``), with a hand-written VJP. The forward keeps z, r and h̃ for it; the
+    backward computes the weight gradients as contractions over the m components (no transposed
+    copies) and never broadcasts the input weights to (m, u), both of which JAX's derived VJP
+    does (docs/metatrain.md, "Speed").
+    """
+    return _core_fwd(output_scale, w, h, x)[0]
+
+
+def _core_fwd(output_scale, w, h, x):
+    xc = x[:, None]
+    z = jax.nn.sigmoid(xc * w["W_z"] + h @ w["U_z"] + w["b_z"])
+    r = jax.nn.sigmoid(xc * w["W_r"] + h @ w["U_r"] + w["b_r"])
+    h_tilde = jnp.tanh(xc * w["W_h"] + (r * h) @ w["U_h"] + w["b_h"])
+    h_next = (1.0 - z) * h + z * h_tilde
+    dx = output_scale * (h_next @ w["readout"])
+    return (h_next, dx), (w, h, x, z, r, h_tilde)
+
+
+def _core_bwd(output_scale, res, cotangents):
+    w, h, x, z, r, h_tilde = res
+    h_next = (1.0 - z) * h + z * h_tilde
+    d_next, d_dx = cotangents
+    d_dx = output_scale * d_dx
+    d_next = d_next + d_dx[:, None] * w["readout"]           # Δx = output_scale · h' · readout
+    a_h = d_next * z * (1.0 - h_tilde * h_tilde)              # through tanh
+    rh = r * h
+    d_rh = a_h @ w["U_h"].T
+    a_z = d_next * (h_tilde - h) * z * (1.0 - z)              # through σ of the update gate
+    a_r = d_rh * h * r * (1.0 - r)                            # through σ of the reset gate
+    # separate (m, u) @ (u, u) products: concatenating the gates costs more than it saves here
+    dh = d_next * (1.0 - z) + d_rh * r + a_z @ w["U_z"].T + a_r @ w["U_r"].T
+    dxin = a_z @ w["W_z"] + a_r @ w["W_r"] + a_h @ w["W_h"]
+    outer = functools.partial(jnp.einsum, "mu,mv->uv")  # aᵀ b, contracting over m: no transpose
+    grads = {"U_z": outer(h, a_z), "U_r": outer(h, a_r), "W_z": x @ a_z, "W_r": x @ a_r,
+             "b_z": jnp.sum(a_z, axis=0), "b_r": jnp.sum(a_r, axis=0)}
+    grads.update({"U_h": outer(rh, a_h), "W_h": x @ a_h, "b_h": jnp.sum(a_h, axis=0),
+                  "readout": d_dx @ h_next})
+    return {k: grads[k] for k in w}, dh, dxin
+
+
+gru_core.defvjp(_core_fwd, _core_bwd)
 
 
 def momentum_gru(beta: float, learning_rate: float, units: int = 1,
