@@ -162,7 +162,7 @@ def adam_on_q(opt, steps, lr=1e-2, tol=TOL):
         def one(h0):
             def body(c):
                 h, s, k, _ = c
-                upd, s = tx.update(jax.grad(q)(h), s)
+                upd, s = tx.update(jax.grad(q)(h) * free, s)  # held components stay put
                 h = optax.apply_updates(h, upd)
                 return h, s, k + 1, done(h)
 
