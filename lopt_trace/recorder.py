@@ -791,6 +791,7 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
     writer.start()
     finished = {k: np.asarray(v, dtype=bool).copy() for k, v in done.items()}
     blocks = 0
+    compiled: set[int] = set()
     try:
         for entry in entries:
             mine = [g for e, g in todo if e is entry]
@@ -803,7 +804,10 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
             init = _cached(("init", *okey), functools.partial(_init_fn, task, opt))
             final_loss = _cached(("final", *tkey), functools.partial(_final_fn, task))
             for r0, r1 in mine:
-                bar.set_postfix_str(f"{entry.name}, runs {r0}-{r1 - 1}")
+                where = f"{entry.name}, runs {r0}-{r1 - 1}"
+                first = id(block_fn) not in compiled  # its first call compiles (or loads the cache)
+                bar.set_postfix_str(f"{where}, compiling" if first else where)
+                bar.refresh()
                 n_valid = r1 - r0
                 seeds = np.concatenate([layout.seeds[r0:r1], np.repeat(layout.seeds[r1 - 1], rb - n_valid)])
                 problems = sample(seedlib.problem_keys(seeds))
@@ -812,6 +816,11 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
                 pending = None
                 for b in range(layout.n_blocks):
                     state, counts, outs, losses = block_fn(theta, problems.data, state, steps_arg)
+                    if first:  # compiled: the call returned (the computation itself runs on)
+                        first = False
+                        compiled.add(id(block_fn))
+                        bar.set_postfix_str(where)
+                        bar.refresh()
                     if pending is not None:
                         hist += _emit(writer, entry.name, layout, pending, r0, n_valid)
                         blocks += 1

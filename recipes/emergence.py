@@ -70,7 +70,9 @@ from lopt_trace.analysis.checkpoints import (
     replay_params,
     theta_at,
 )
+from lopt_trace.analysis.fixed_points import free_mask
 from lopt_trace.analysis.layers import kind_means
+from lopt_trace.analysis.linearization import held_modes
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import analysis_start, gradient_max, gradient_quantile
 from lopt_trace.errors import UserError
@@ -156,7 +158,8 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 32,
     fixed, n_fixed, found = _main_fixed_points(opt, thetas, samples, h0, tol, max_iter)
     lin = linearize(opt, thetas, fixed, 0.0, theta_dim=CHECKPOINT)
     beta, alpha = lin["beta"].values, lin["alpha"].values
-    mode = (np.arange(n), np.array([momentum_mode(beta[i], alpha[i]) for i in range(n)]))
+    held = held_modes(lin, free_mask(opt) > 0)
+    mode = (np.arange(n), np.array([momentum_mode(beta[i], alpha[i], exclude=held[i]) for i in range(n)]))
 
     # clipping at h0
     g_clip = 2.0 * max(gradient_max(ds), gradient_quantile(ds, 0.999))

@@ -12,7 +12,8 @@
    and the one-step linearisation error along recorded trajectories.
 
 The **momentum mode** reported is the slowest mode of the main fixed point (the one most starts
-reach) among the modes that carry learning rate (|α_i| ≥ 1% of Σ|α_i|). It is compared with the
+reach) among the modes that carry learning rate (|α_i| ≥ 1% of Σ|α_i|); modes that live on held
+state components (a step count: λ = 1, a clock) are never reported. It is compared with the
 tuned heavy-ball β of the same task and, on linear regression, with the optimal heavy-ball
 parameters for the Hessian eigenvalues in [λmin, λmax]:
 α* = 4/(√λmin + √λmax)², β* = ((√λmax − √λmin)/(√λmax + √λmin))².
@@ -37,8 +38,8 @@ from lopt_trace.analysis import (
     select_optimizer,
 )
 from lopt_trace.analysis._common import attrs
-from lopt_trace.analysis.fixed_points import LEFT_RANGE, STALLED
-from lopt_trace.analysis.linearization import momentum_mode  # noqa: F401 - also this recipe's API
+from lopt_trace.analysis.fixed_points import LEFT_RANGE, STALLED, free_mask
+from lopt_trace.analysis.linearization import held_modes, momentum_mode
 from lopt_trace.analysis.rebuild import baseline_hyperparameters
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import initial_state, recorded_pairs
@@ -92,7 +93,7 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
     out["state_projection_h0"] = project(initial_state(ds), pcs)
 
     beta0, alpha0 = lin["beta"].isel(fixed_point=0).values, lin["alpha"].isel(fixed_point=0).values
-    i = momentum_mode(beta0, alpha0)
+    i = momentum_mode(beta0, alpha0, exclude=held_modes(lin, free_mask(opt) > 0)[0])
     info = {
         "optimizer": name,
         "momentum_mode": i,

@@ -245,10 +245,22 @@ def test_runaway_iterates_never_count_as_fixed_points():
     assert bool(out["attractor"][0]) and float(out["spectral_radius"][0]) < 1
 
 
-def test_stalled_starts_stop_early_with_a_status():
-    """Adam's step counter has no fixed point (t' = t + 1): q cannot fall below ½, so every start
-    stalls and stops after ``patience`` iterations instead of running to ``max_iter``."""
+def test_adam_fixed_points_hold_the_step_count():
+    """Built-in Adam holds its clock: at g* the solver finds m* = g*, v* = g*², count unchanged."""
     opt = Adam()
+    assert opt.held_state == ("count",)
+    starts = _starts(np.abs(np.random.default_rng(4).normal(size=(8, 3))) * [1, 1, 50], list(opt.state_names))
+    out = fixed_points(opt, opt.init_theta(), starts, [0.0, 0.3]).isel(fixed_point=0)
+    assert bool(out["converged"].all())
+    np.testing.assert_allclose(out["fixed_point_state"].sel(unit="m"), [0.0, 0.3], atol=1e-7)
+    np.testing.assert_allclose(out["fixed_point_state"].sel(unit="v"), [0.0, 0.09], atol=1e-7)
+    assert np.allclose(out["fixed_point_state"].sel(unit="count"), np.median(starts.sel(unit="count")))
+
+
+def test_stalled_starts_stop_early_with_a_status():
+    """A free step counter has no fixed point (t' = t + 1): q cannot fall below ½, so every start
+    stalls and stops after ``patience`` iterations instead of running to ``max_iter``."""
+    opt = type("FreeClockAdam", (Adam,), {"held_state": ()})()  # Adam with its clock not held
     starts = _starts(np.abs(np.random.default_rng(5).normal(size=(8, 3))), list(opt.state_names))
     out = find_fixed_points(opt, opt.init_theta(), starts, 0.0, max_iter=500, warmup=0)
     assert bool((out["status"] == STALLED).all()) and not bool(out["converged"].any())

@@ -96,6 +96,7 @@ def _click_tab(page, title):
     page.locator(".bk-tab", has_text=title).first.click()
 
 
+@pytest.mark.slow
 def test_every_tab_renders_its_plots(browser, server):
     url, ready = server
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -150,6 +151,7 @@ def test_a_widget_change_updates_a_plot(browser, server):
     page.close()
 
 
+@pytest.mark.slow
 def test_the_report_opens_offline_with_every_figure(browser):
     from lopt_trace.report import FIGURES, write_report
 

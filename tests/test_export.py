@@ -11,6 +11,7 @@ from lopt_trace.optimizers.io import load_optimizer
 from lopt_trace.tasks import get_task
 
 
+@pytest.mark.slow
 def test_export_writes_the_best_validated_theta_and_leaves_the_run_resumable(tmp_path):
     task = get_task("linear_regression", steps=10)
     opt = LearnedGRU(units=4, output_scale=0.1)

@@ -168,6 +168,32 @@ def test_momentum_recipe_on_wrapped_sgd_momentum(store):
     assert mom.attrs["total_alpha"] == pytest.approx(LR, rel=1e-6)  # the update mode carries none
 
 
+def test_momentum_recipe_never_reports_the_held_step_count(store):
+    """Lion's state is (count, mu, update). The count is held (a clock, λ = 1 exactly) and the sign
+    readout gives every mode α = 0, so the slowest mode overall is the count's: the recipe must
+    report mu's decay b2 = 0.99 instead, and the count (≈ 8 here) must not set the solver's or the
+    merge's scale."""
+    tree = open_store(store)
+    mom = recipes_loader.load("momentum").compute(tree, optimizer="lion", n_starts=16, n_error=64)
+    lin_beta = mom["beta"].isel(fixed_point=0).values
+    assert lin_beta[0] == pytest.approx(1.0)  # the count's mode is there ...
+    assert mom.attrs["momentum_mode"] != 0    # ... and is not the one reported
+    assert mom.attrs["slowest_beta"] == pytest.approx(0.99, rel=1e-6)
+    assert mom.attrs["total_alpha"] == 0.0    # sign(): no learning rate in the linearisation
+    mu = list(mom["unit"].values).index("mu")
+    fp = mom["fixed_point_state"].values[:, mu]
+    assert np.all(np.abs(fp[np.isfinite(fp)]) <= 1e-9 / (1 - 0.99) * 1.01)  # tolerance not ×(1 + count)
+
+
+def test_merge_tolerance_ignores_held_components():
+    from lopt_trace.analysis.fixed_points import default_merge_tol
+    rng = np.random.default_rng(0)
+    starts = np.stack([np.arange(100.0), 1e-3 * rng.standard_normal(100)], axis=1)  # (count, mu)
+    free = np.array([False, True])
+    assert default_merge_tol(starts) > 1e-2                       # the clock's spread dominates
+    assert default_merge_tol(starts, free) == pytest.approx(1e-3 * np.std(starts[:, 1]), rel=1e-9)
+
+
 def test_clipping_recipe_finds_lion_is_a_sign_update(store):
     tree = open_store(store)
     clip = recipes_loader.load("clipping")

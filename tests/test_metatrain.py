@@ -86,6 +86,7 @@ def test_truncated_unrolls_and_non_finite_steps_are_skipped(tmp_path):
     assert history.sizes["iteration"] == 8 and np.isfinite(history["meta_loss"].values).all()
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(tmp_path):
     task = get_task("linear_regression", steps=20)
     opt = LearnedGRU(units=4, output_scale=0.1)
@@ -120,6 +121,7 @@ def _cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path):
     for args in (["train", "--task", "nope"], ["train", "--task", "rosenbrock", "--iterations", "-3"],
                  ["train", "--task", "rosenbrock", "--units", "many"]):
@@ -135,6 +137,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path):
     assert (existing / "keep").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_cli_train_and_tasks(tmp_path):
     r = _cli("tasks")
     assert r.returncode == 0 and "82,250" in r.stdout and "8,577" in r.stdout
@@ -148,6 +151,7 @@ def test_cli_train_and_tasks(tmp_path):
         assert _cli(cmd, "--help").returncode == 0
 
 
+@pytest.mark.slow
 def test_fast_meta_gradient_paths_agree_with_the_reference():
     """The GRU's hand-written VJP and the population unroll (run_population) give the values and
     meta-gradients of the plain code (opt.step, autodiff, run per problem), exact and first-order."""
@@ -211,6 +215,7 @@ def test_bad_time_budgets_are_one_line_errors(capsys):
         assert "duration" in err or bad.startswith("-")  # argparse: "-5m" looks like an option
 
 
+@pytest.mark.slow
 def test_cli_time_budget_checkpoints_and_says_how_to_resume(tmp_path):
     out = tmp_path / "opt.zarr"
     args = ["train", "--task", "rosenbrock", "--iterations", "200", "--batch", "1", "--steps", "4",

@@ -35,6 +35,7 @@ def _setup(steps, truncation, pairs, std=1e-3):
     return task, opt, trainer, theta, pop
 
 
+@pytest.mark.slow
 def test_pes_estimate_matches_the_exact_meta_gradient_over_one_truncation():
     with jax.enable_x64(True):
         task, opt, trainer, theta, pop = _setup(steps=6, truncation=6, pairs=1000)
@@ -51,6 +52,7 @@ def test_pes_estimate_matches_the_exact_meta_gradient_over_one_truncation():
         assert 0.85 < ratio < 1.2
 
 
+@pytest.mark.slow
 def test_pes_accumulates_perturbations_across_truncations_and_resets_per_episode():
     with jax.enable_x64(True):
         task, opt, trainer, theta, pop = _setup(steps=6, truncation=3, pairs=1000)
@@ -91,6 +93,7 @@ def test_pes_accumulates_perturbations_across_truncations_and_resets_per_episode
         assert (np.asarray(state3.particles.step) == 3).all()
 
 
+@pytest.mark.slow
 def test_pes_training_stopped_by_a_time_budget_resumes_bit_for_bit(tmp_path):
     task = get_task("linear_regression", steps=20)
     opt = LearnedGRU(units=3, output_scale=0.1)

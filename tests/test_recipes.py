@@ -52,6 +52,7 @@ def test_loader_prefers_the_installed_copy(tmp_path, monkeypatch):
         sys.modules.pop("lopt_trace.recipes.extra", None)
 
 
+@pytest.mark.slow
 def test_analyze_all_prints_summaries_and_writes_results(analysed, capsys):
     assert main(["analyze", "all", str(analysed), "--timing"]) == 0
     captured = capsys.readouterr()

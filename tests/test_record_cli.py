@@ -153,6 +153,7 @@ def test_existing_store_left_untouched(recorded, opt_file, capsys):
     assert checksum(recorded) == before
 
 
+@pytest.mark.slow
 def test_mnist_smoke(tmp_path, capsys):
     out = str(tmp_path / "m.zarr")
     assert main(["record", "--task", "mnist", "--optimizer", "adam", "--runs", "2", "--steps", "8",

@@ -189,6 +189,7 @@ def test_subset_indices_evenly_spaced():
     np.testing.assert_array_equal(flat_all, np.arange(task.num_params))
 
 
+@pytest.mark.slow
 def test_peak_memory_flat_in_steps():
     """Recording 4x the steps must not grow peak memory with the data (block-bounded)."""
     spec = importlib.util.spec_from_file_location("record_memory", ROOT / "benchmarks" / "record_memory.py")

@@ -36,6 +36,7 @@ def test_search_scores_and_the_warm_gru_reproduces_the_best_candidate():
     np.testing.assert_allclose(meta_objective(curves), ds["objective"].values[best["sample"]], rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_normalised_input_warm_start_searches_its_own_space_and_reproduces_the_best():
     task = get_task("two_moons", steps=25)
     opt, theta, ds = warm_start(task, units=4, key=jax.random.PRNGKey(0), samples=12, problems=2,
@@ -50,6 +51,7 @@ def test_normalised_input_warm_start_searches_its_own_space_and_reproduces_the_b
     np.testing.assert_allclose(meta_objective(curves), ds["objective"].values[best["sample"]], rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_warm_started_training_stores_the_search_and_resumes_bit_for_bit(tmp_path):
     task = get_task("linear_regression", steps=20)
     opt, theta, ds = warm_start(task, units=3, samples=8, problems=2, progress=False)
@@ -77,6 +79,7 @@ def _cli(*args, cwd=None):
                           text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_warm_start(tmp_path):
     out = tmp_path / "w.zarr"
     base = ["train", "--task", "rosenbrock", "--steps", "10", "--units", "3", "--batch", "2",
@@ -106,6 +109,7 @@ def test_cli_warm_start(tmp_path):
     assert xr.open_datatree(tmp_path / "n.zarr", engine="zarr")["warm_start"].attrs["input_norm"] == 0.999
 
 
+@pytest.mark.slow
 def test_validation_scores_checkpoints_and_keeps_the_best_theta(tmp_path):
     from lopt_trace import seeds
     from lopt_trace.metatrain import VALIDATION_SEED_BASE
@@ -131,6 +135,7 @@ def test_validation_scores_checkpoints_and_keeps_the_best_theta(tmp_path):
         MetaTrainConfig(validation=-1).validate()
 
 
+@pytest.mark.slow
 def test_cli_resumes_a_warm_started_run_without_searching_again(tmp_path):
     task = get_task("rosenbrock")
     opt, theta, ds = warm_start(task, 3, key=jax.random.PRNGKey(0), samples=6, problems=2, steps=10,

@@ -41,7 +41,8 @@ from lopt_trace.analysis.fixed_points import (
     state_bounds,
 )
 from lopt_trace.analysis.layers import gradient_histograms, tensor_trajectories
-from lopt_trace.analysis.linearization import jacobians, linearization_error, linearize, modes, momentum_mode
+from lopt_trace.analysis.linearization import (held_modes, jacobians, linearization_error, linearize, modes,
+                                               momentum_mode)
 from lopt_trace.analysis.pca import group_pca, moments, pca, pca_from_moments, project, total_variance
 from lopt_trace.analysis.rebuild import (
     baseline_hyperparameters,
@@ -66,7 +67,7 @@ __all__ = [
     "effective_learning_rate", "find_fixed_points", "fixed_points", "fraction_beyond",
     "fraction_beyond_hist", "gradient_histograms", "gradient_range", "group_pca", "halfway",
     "jacobians", "linearization_error", "linearize", "make_solver", "merge_fixed_points",
-    "meta_train_history", "modes", "moments", "momentum_mode", "open_for_analysis",
+    "held_modes", "meta_train_history", "modes", "moments", "momentum_mode", "open_for_analysis",
     "optimizer_names", "pca", "pca_from_moments", "project", "read_result", "rebuild", "replay",
     "run_group", "run_recipe", "s_curve", "sample_states", "saturation", "select_optimizer",
     "solve_one_fn", "stack_thetas", "tensor_trajectories", "total_variance", "update_function",

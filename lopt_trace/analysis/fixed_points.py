@@ -16,7 +16,7 @@ Tolerance (documented): a start has **converged** when
 
     max_i |r_i(h)| ≤ tol · (1 + max_i |h_i|),      tol = 1e-9 by default (float64),
 
-and h lies in the state's range. The error in h* itself is about the residual divided by
+(i over the solved components: held ones, below, have no residual and set no scale) and h lies in the state's range. The error in h* itself is about the residual divided by
 1 − |λ_max| (the slowest mode).
 
 **The state's range.** Every optimizer declares a box [low, high] per state component
@@ -204,8 +204,8 @@ def _solver_fn(opt, method: str = "lm"):
         def res(h, g):  # one start; held components: zero residual and zero Jacobian columns
             return (opt.F(theta, h, g) - h) * free
 
-        def done(h, r):
-            return jnp.max(jnp.abs(r)) <= tol * (1.0 + jnp.max(jnp.abs(h)))
+        def done(h, r):  # scaled by the solved components only: a held clock (count) is no scale
+            return jnp.max(jnp.abs(r)) <= tol * (1.0 + jnp.max(jnp.abs(h) * free))
 
         def inside(h):
             return jnp.all(~fb | ((h >= low) & (h <= high)))
@@ -639,8 +639,13 @@ def _clusters(points: np.ndarray, radius: float) -> np.ndarray:
     return connected_components(graph, directed=False)[1][cell]
 
 
-def default_merge_tol(starts: np.ndarray) -> float:
-    """1e-3 × the spread of the starts (root of the summed per-unit variance), at least 1e-9."""
+def default_merge_tol(starts: np.ndarray, free: np.ndarray | None = None) -> float:
+    """1e-3 × the spread of the starts ``(n, d)`` (root of the summed per-unit variance), at least
+    1e-9. With ``free`` (a (d,) mask), only those components count: held ones (a step count, which
+    runs from 0 to the horizon) say nothing about the scale of the solved ones."""
+    starts = np.asarray(starts)
+    if free is not None and np.any(free) and starts.ndim == 2:
+        starts = starts[:, np.asarray(free, bool)]
     spread = float(np.sqrt(np.sum(np.var(starts, axis=0))))
     scale = max(spread, 1e-6 * (1.0 + float(np.max(np.abs(starts)))) if starts.size else 1.0)
     return max(1e-3 * scale, 1e-9)
@@ -679,14 +684,6 @@ def merge_fixed_points(ds: xr.DataArray | xr.Dataset, merge_tol: float | None = 
     d = ds.sizes[UNIT]
     ref = ds["start_state"] if reference is None else reference
     ref = np.asarray(ref.transpose(..., UNIT).values, dtype=np.float64).reshape(-1, d)
-    tol = default_merge_tol(ref) if merge_tol is None else float(merge_tol)
-    states = ds["state"].transpose(G_STAR, start_dim, UNIT).values
-    q = ds["q"].transpose(G_STAR, start_dim).values
-    if "status" in ds:
-        conv = ds["status"].transpose(G_STAR, start_dim).values == CONVERGED
-    else:
-        conv = ds["converged"].transpose(G_STAR, start_dim).values.astype(bool)
-    m, n, _ = states.shape
     low, high = _range_of(ds, opt, theta, d)
     held = set(ds.attrs.get("held", ()) or ())
     if opt is not None:
@@ -695,6 +692,14 @@ def merge_fixed_points(ds: xr.DataArray | xr.Dataset, merge_tol: float | None = 
         checked = np.array([str(u) not in held for u in ds[UNIT].values])
     else:
         checked = np.ones(d, bool)
+    tol = default_merge_tol(ref, checked) if merge_tol is None else float(merge_tol)
+    states = ds["state"].transpose(G_STAR, start_dim, UNIT).values
+    q = ds["q"].transpose(G_STAR, start_dim).values
+    if "status" in ds:
+        conv = ds["status"].transpose(G_STAR, start_dim).values == CONVERGED
+    else:
+        conv = ds["converged"].transpose(G_STAR, start_dim).values.astype(bool)
+    m, n, _ = states.shape
     slack_lo = np.where(np.isfinite(low), 1e-12 * (1 + np.abs(low)), 0.0)
     slack_hi = np.where(np.isfinite(high), 1e-12 * (1 + np.abs(high)), 0.0)
     outside = checked & ((states < low - slack_lo) | (states > high + slack_hi))
@@ -805,7 +810,7 @@ def forward_check(opt, theta, raw: xr.Dataset, merged: xr.Dataset, steps: int = 
     ends, which = [], []
     for i, g in enumerate(gs):
         x, r = forward_iterate(opt, th, h0, g, steps)
-        settled = r <= settle_tol * (1.0 + np.max(np.abs(x), axis=1))
+        settled = r <= settle_tol * (1.0 + np.max(np.abs(np.where(free, x, 0.0)), axis=1))
         dist = np.sqrt(np.sum((x[:, None, :] - fps[i][None]) ** 2, axis=-1))  # (n, k); NaN pads
         dist = np.where(np.isfinite(dist), dist, np.inf)
         if rho is not None:  # an orbit with residual r is about r / (1 − ρ) from the attractor

@@ -78,15 +78,37 @@ def modes(jac: np.ndarray, b: np.ndarray, w: np.ndarray):
     return lam[order], vr[:, order], left[:, order], alpha[order]
 
 
-def momentum_mode(beta: np.ndarray, alpha: np.ndarray, share: float = 0.01) -> int:
+def momentum_mode(beta: np.ndarray, alpha: np.ndarray, share: float = 0.01,
+                  exclude: np.ndarray | None = None) -> int:
     """Index of the **momentum mode**: the slowest mode whose |α_i| is at least ``share`` of
-    Σ|α_i| (modes sorted by decreasing |λ|, as :func:`linearize` gives them); the slowest mode if
-    none carries learning rate."""
+    Σ|α_i| (modes ``(mode,)`` sorted by decreasing |λ|, as :func:`linearize` gives them); the
+    slowest mode if none carries learning rate. Modes flagged in ``exclude`` ``(mode,)`` are never
+    chosen (see :func:`held_modes`), unless every mode is."""
     a = np.abs(np.nan_to_num(alpha))
-    carrying = np.flatnonzero(a >= share * max(a.sum(), 1e-300))
+    b = np.asarray(beta, dtype=np.float64)
+    ok = np.ones(len(a), bool) if exclude is None else ~np.asarray(exclude, bool)
+    if not ok.any():
+        ok = np.ones(len(a), bool)
+    carrying = np.flatnonzero(ok & (a >= share * max(a[ok].sum(), 1e-300)))
     if len(carrying):
         return int(carrying[0])
-    return int(np.nanargmax(beta)) if np.isfinite(beta).any() else 0
+    candidates = np.flatnonzero(ok & np.isfinite(b))
+    return int(candidates[np.argmax(b[candidates])]) if len(candidates) else int(np.flatnonzero(ok)[0])
+
+
+def held_modes(lin: xr.Dataset, free: np.ndarray) -> np.ndarray:
+    """``(..., mode)`` bool: modes whose right eigenvector lies mostly (over half its squared norm)
+    on held state components (``free`` ``(unit,)`` is 0/False there, see
+    :func:`lopt_trace.analysis.fixed_points.free_mask`). A held step count has λ = 1 exactly and
+    is a clock, not a momentum timescale, so the momentum recipes never report it."""
+    free = np.asarray(free, bool)
+    if free.all():
+        return np.zeros(lin["beta"].shape, bool)
+    r2 = (lin["right_real"] ** 2 + lin["right_imag"] ** 2).transpose(..., UNIT, MODE).values
+    total = r2.sum(axis=-2)
+    on_held = r2[..., ~free, :].sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(on_held / total) > 0.5
 
 
 def linearize(opt, theta, fixed_points: xr.DataArray, g_star=0.0, theta_dim: str | None = None) -> xr.Dataset:
@@ -177,4 +199,4 @@ def linearization_error(opt, theta, states: xr.DataArray, gradients: xr.DataArra
                    attrs=attrs("relative one-step linearisation error"))
 
 
-__all__ = ["jacobians", "linearization_error", "linearize", "modes", "momentum_mode"]
+__all__ = ["held_modes", "jacobians", "linearization_error", "linearize", "modes", "momentum_mode"]

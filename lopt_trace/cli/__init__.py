@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lopt_trace import compile_cache
+
+    compile_cache.enable()  # a second run in a new process does not compile again
     try:
         return int(args._run(args) or 0)
     except UserError as exc:

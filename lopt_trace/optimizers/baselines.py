@@ -14,6 +14,9 @@ adam       m, v, count                            optax.adam with bias correctio
 
 State ranges (``state_range``, used by the fixed-point solver): second moments (RMSProp's
 ``mean_square``, Adam's ``v``) and Adam's ``count`` are non-negative; the rest is unbounded.
+Adam's ``count`` is held by the fixed-point analyses (``held_state``): t' = t + 1 has no fixed
+point, so the analyses fix the clock (at the starts' median) and solve for m and v, as for every
+optax transform wrapped by ``from_optax``.
 
 The update rules equal optax's ``sgd``, ``sgd(momentum=β)``, ``rmsprop`` and ``adam``.
 """
@@ -87,11 +90,13 @@ class RMSProp(ComponentwiseOptimizer):
 class Adam(ComponentwiseOptimizer):
     """Adam with bias correction, as in ``optax.adam``. θ = {learning_rate, b1, b2, eps}.
 
-    Defaults α = 1e-3, β1 = 0.9, β2 = 0.999, ε = 1e-8. The step counter is a state component.
+    Defaults α = 1e-3, β1 = 0.9, β2 = 0.999, ε = 1e-8. The step counter is a state component,
+    held (a clock) by the fixed-point analyses.
     """
 
     name = "adam"
     state_names = ("m", "v", "count")
+    held_state = ("count",)
     state_range = {"v": (0.0, float("inf")), "count": (0.0, float("inf"))}
 
     def init_theta(self, key=None):
