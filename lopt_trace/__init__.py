@@ -1,8 +1,26 @@
-"""lopt-trace: meta-train learned optimizers, record their dynamics, and take them apart."""
+"""lopt-trace: meta-train learned optimizers, record their dynamics, and take them apart.
 
-__version__ = "0.1.0"
+The root is lazy: ``lopt_trace.tasks`` and ``lopt_trace.optimizers`` (which load JAX) are imported
+on first use, so ``lopt-trace --help`` and argument errors answer without loading JAX.
+"""
 
-from lopt_trace import tasks, optimizers  # noqa: E402,F401
+from __future__ import annotations
+
+import importlib
+
+from lopt_trace._version import __version__
+
+_LAZY = ("tasks", "optimizers")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"lopt_trace.{name}")
+    raise AttributeError(f"module 'lopt_trace' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 
 def open_store(path, **kwargs):
@@ -10,3 +28,6 @@ def open_store(path, **kwargs):
     from lopt_trace.store import open_store as _open
 
     return _open(path, **kwargs)
+
+
+__all__ = ["__version__", "open_store", "optimizers", "tasks"]

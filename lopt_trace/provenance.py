@@ -9,7 +9,7 @@ import sys
 
 def versions() -> dict[str, str]:
     """Versions of lopt-trace and the libraries whose behaviour shapes the results."""
-    from lopt_trace import __version__
+    from lopt_trace._version import __version__
 
     out = {"python": sys.version.split()[0], "lopt_trace": __version__}
     for dist in ("jax", "jaxlib", "optax", "numpy", "xarray", "zarr", "dask"):

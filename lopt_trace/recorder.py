@@ -41,6 +41,7 @@ import xarray as xr
 
 from lopt_trace import bundled
 from lopt_trace import seeds as seedlib
+from lopt_trace.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import BASELINES, ComponentwiseOptimizer
 from lopt_trace.provenance import utc_now, versions
@@ -53,12 +54,6 @@ from lopt_trace.manifest import MANIFEST, update_manifest
 from lopt_trace.zarr_io import (COMPRESSORS, ZARR_FORMAT, check_replaceable, exists, is_local,
                                 quiet_zarr_writes, remove)
 
-#: what ``--optimizer`` defaults to: the learned optimizer and every baseline
-DEFAULT_OPTIMIZERS = ("learned", "sgd", "momentum", "rmsprop", "adam")
-#: default number of parameters kept per tensor
-DEFAULT_PARAMS = 64
-#: default number of test runs
-DEFAULT_RUNS = 4
 
 #: bytes of block output (per-parameter arrays and aggregates) aimed at per jitted block
 BLOCK_BYTES = 16 * 2**20
@@ -410,7 +405,7 @@ def settings_of(layout: Layout, entries: list[OptimizerEntry]) -> dict:
 
 def build_template(layout: Layout, entries: list[OptimizerEntry], command: str) -> tuple[xr.DataTree, dict]:
     """The whole store, lazily: the tree to write with ``compute=False`` and its encoding."""
-    from lopt_trace import __version__
+    from lopt_trace._version import __version__
 
     cfg = layout.cfg
     root_attrs = {

@@ -135,7 +135,11 @@ def figure_3(view: StoreView) -> Figure:
                             linear_dynamics.alpha_beta_plot(m, linear_dynamics.tuned_momentum(view), optimal,
                                                             "(c) α_i against β_i")]).cols(2).opts(shared_axes=False)
     fig.summary = _summary("momentum", mom)
-    fig.numbers = [("optimizer", name), ("momentum mode |λ|", _fmt(a.get("slowest_beta"))),
+    fig.numbers = [("optimizer", name),
+                   ("dominant mode |λ|, α (share of Σ|α|)",
+                    f"{_fmt(a.get('dominant_beta'))}, {_fmt(a.get('dominant_alpha'))} "
+                    f"({_fmt(100 * a.get('dominant_share', np.nan), 2)} %)"),
+                   ("slowest mode |λ|", _fmt(a.get("slowest_beta"))),
                    ("timescale (steps)", _fmt(a.get("slowest_timescale"))),
                    ("mode learning rate α", _fmt(a.get("slowest_alpha"))),
                    ("fixed points", str(a.get("n_fixed_points", "?"))),

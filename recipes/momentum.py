@@ -39,13 +39,15 @@ from lopt_trace.analysis import (
 )
 from lopt_trace.analysis._common import attrs
 from lopt_trace.analysis.fixed_points import LEFT_RANGE, STALLED, free_mask
+from lopt_trace.analysis.linearization import NONLINEAR_ERROR as NONLINEAR
 from lopt_trace.analysis.linearization import held_modes, momentum_mode
 from lopt_trace.analysis.rebuild import baseline_hyperparameters
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import initial_state, recorded_pairs
 
 NAME = "momentum"
-VERSION = "2"  # 2: fixed points by range and stability (issue #16), not by an outlier box
+VERSION = "3"  # 2: fixed points by range and stability (issue #16), not by an outlier box;
+#              3: held modes skipped, dominant mode reported
 
 
 def optimal_heavy_ball(lambda_min: float, lambda_max: float) -> tuple[float, float]:
@@ -93,10 +95,18 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
     out["state_projection_h0"] = project(initial_state(ds), pcs)
 
     beta0, alpha0 = lin["beta"].isel(fixed_point=0).values, lin["alpha"].isel(fixed_point=0).values
-    i = momentum_mode(beta0, alpha0, exclude=held_modes(lin, free_mask(opt) > 0)[0])
+    held0 = held_modes(lin, free_mask(opt) > 0)[0]
+    i = momentum_mode(beta0, alpha0, exclude=held0)
+    j = dominant_mode(alpha0, exclude=held0)
+    abs_alpha = np.abs(np.nan_to_num(np.where(held0, 0.0, alpha0)))
     info = {
         "optimizer": name,
         "momentum_mode": i,
+        "dominant_mode": j,
+        "dominant_beta": float(beta0[j]),
+        "dominant_timescale": float(lin["timescale"].isel(fixed_point=0, mode=j)),
+        "dominant_alpha": float(alpha0[j]),
+        "dominant_share": float(abs_alpha[j] / abs_alpha.sum()) if abs_alpha.sum() > 0 else 0.0,
         "slowest_beta": float(beta0[i]),
         "slowest_timescale": float(lin["timescale"].isel(fixed_point=0, mode=i)),
         "slowest_alpha": float(alpha0[i]),
@@ -126,20 +136,44 @@ def compute(tree: xr.DataTree, optimizer: str | None = None, n_starts: int = 256
     return out
 
 
+def dominant_mode(alpha: np.ndarray, exclude: np.ndarray | None = None) -> int:
+    """Index of the mode ``(mode,)`` that carries the most learning rate (largest |α_i|), never one
+    flagged in ``exclude``."""
+    a = np.abs(np.nan_to_num(np.asarray(alpha, dtype=np.float64)))
+    if exclude is not None and not np.all(exclude):
+        a = np.where(exclude, -1.0, a)
+    return int(np.argmax(a))
+
+
 def summary(ds: xr.Dataset) -> str:
-    """One line: the momentum mode's |λ|, timescale and α; the tuned (and optimal) β."""
+    """One line: the dominant mode (most learning rate) and the slowest mode carrying learning
+    rate, with |λ|, timescale and α; a warning when the linearisation does not hold; the tuned
+    (and optimal) β."""
     a = ds.attrs
-    text = (f"momentum: slowest mode |λ| = {a['slowest_beta']:.2f} "
-            f"(timescale {a['slowest_timescale']:.1f} steps), α = {a['slowest_alpha']:.3g}")
+    text = "momentum: "
+    if "dominant_mode" in a and a["dominant_mode"] != a["momentum_mode"]:
+        text += (f"dominant mode |λ| = {a['dominant_beta']:.2f} (timescale {a['dominant_timescale']:.1f} "
+                 f"steps), α = {a['dominant_alpha']:.3g} ({100 * a['dominant_share']:.0f}% of Σ|α|); ")
+        text += "slowest mode"
+    elif "dominant_mode" in a:
+        text += f"dominant and slowest mode ({100 * a['dominant_share']:.0f}% of Σ|α|)"
+    else:
+        text += "slowest mode"
+    text += (f" |λ| = {a['slowest_beta']:.2f} "
+             f"(timescale {a['slowest_timescale']:.1f} steps), α = {a['slowest_alpha']:.3g}")
     if a.get("slowest_complex"):
         text += " (complex pair)"
     if a["n_fixed_points"]:
         text += f" [{a['optimizer']}, {a['n_fixed_points']} fixed point(s)"
     else:
         text += f" [{a['optimizer']}, no fixed point: linearised at the best attempt, q = {a['best_q']:.2g}"
-    if np.isfinite(a.get("linearization_error_median", np.nan)):
-        text += f", linearisation error {100 * a['linearization_error_median']:.2g}%"
+    err = a.get("linearization_error_median", np.nan)
+    if np.isfinite(err):
+        text += f", linearisation error {100 * err:.2g}%"
     text += "]"
+    if np.isfinite(err) and err > NONLINEAR:
+        text += (f"; the linear description does not hold here (median one-step error "
+                 f"{100 * err:.0f}% > {100 * NONLINEAR:.0f}%): read these modes as a rough guide only")
     if "tuned_beta" in a:
         text += f"; best tuned momentum β = {a['tuned_beta']:.2f}"
     if "optimal_beta" in a:

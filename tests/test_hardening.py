@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -413,3 +414,37 @@ def test_empty_out_and_missing_explicit_file_are_errors(tmp_path, capsys):
         record(task, resolve_optimizers(task.name, ["sgd"]), RecordConfig(runs=1), "  ")
     with pytest.raises(UserError, match="no tuned-hyperparameter file"):
         tuned_theta("linear_regression", "adam", tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("option,text", [("n_starts=-5", "expected an integer >= 1"),
+                                         ("n_starts=2.5", "expected an integer"),
+                                         ("tol=nan", "expected a finite number"),
+                                         ("tol=-1e-9", "expected a number >= 0"),
+                                         ("forward_steps=True", "expected an integer")])
+def test_analysis_options_are_checked_before_anything_runs(recorded, option, text, capsys):
+    before = sorted(p.relative_to(recorded) for p in Path(recorded).rglob("*"))
+    assert main(["analyze", "momentum", str(recorded), "-p", option]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err and option.split("=")[0] in err
+    assert sorted(p.relative_to(recorded) for p in Path(recorded).rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["train", "--task", "two_moons", "--l2", "nan"], "--l2: expected a finite number >= 0"),
+    (["train", "--task", "two_moons", "--l2", "-1"], "--l2: expected a finite number >= 0"),
+    (["train", "--task", "two_moons", "--lr", "inf"], "--lr: expected a positive number"),
+    (["train", "--task", "two_moons", "--warm-start", "sign-momentum", "--warm-start-lr-range", "1", "0.1"],
+     "LOW (1) must not exceed HIGH (0.1)"),
+    (["tune", "--task", "two_moons", "--optimizer", "sgd", "--lr-range", "1", "0.1"],
+     "LOW (1.0) must not exceed HIGH (0.1)"),
+])
+def test_floats_are_finite_and_ranges_ordered(tmp_path, monkeypatch, capsys, argv, text):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) if "--l2" in argv or "--lr" in argv else _no_raise():
+        assert main(argv) == 2
+    assert text in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def _no_raise():
+    return contextlib.nullcontext()

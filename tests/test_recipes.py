@@ -86,7 +86,9 @@ def test_analyze_all_prints_summaries_and_writes_results(analysed, capsys):
 def test_running_again_replaces_the_group(analysed, capsys):
     assert main(["analyze", "momentum", str(analysed), "--optimizer", "momentum", "-p", "n_starts=8"]) == 0
     line = capsys.readouterr().out
-    assert line.startswith("momentum: slowest mode |λ| = 0.80") and "α = 0.05" in line
+    # heavy ball has one mode: it is both the dominant and the slowest
+    assert line.startswith("momentum: dominant and slowest mode (100% of Σ|α|) |λ| = 0.80") and "α = 0.05" in line
+    assert "does not hold" not in line  # exactly linear
     res = read_result(analysed, "momentum")
     assert res.attrs["parameters"] == {"optimizer": "momentum", "n_starts": 8}
     assert res.sizes["start"] == 9 and res.attrs["optimizer"] == "momentum"  # 8 samples + h0
@@ -197,3 +199,20 @@ def test_write_result_waits_for_no_recorder():
         write_result(path, "demo", xr.Dataset({"a": ("x", [1.0])}), version=1)
     write_result(path, "demo", xr.Dataset({"a": ("x", [1.0])}), version=1)  # free again
     assert list(read_result(path, "demo").data_vars) == ["a"]
+
+
+def test_momentum_summary_names_the_dominant_and_the_slowest_mode_and_flags_nonlinearity():
+    mod = recipes_loader.load("momentum")
+    alpha = np.array([0.3, 2.9, -0.1, 0.2])  # modes sorted by decreasing |λ|
+    assert mod.dominant_mode(alpha) == 1
+    assert mod.dominant_mode(alpha, exclude=np.array([False, True, False, False])) == 0
+    attrs = {"optimizer": "learned", "momentum_mode": 0, "slowest_beta": 0.93, "slowest_timescale": 13.8,
+             "slowest_alpha": 0.3, "dominant_mode": 1, "dominant_beta": 0.87, "dominant_timescale": 7.2,
+             "dominant_alpha": 2.9, "dominant_share": 0.84, "n_fixed_points": 1, "best_q": 0.0,
+             "linearization_error_median": 0.46}
+    line = mod.summary(xr.Dataset(attrs=attrs))
+    assert line.startswith("momentum: dominant mode |λ| = 0.87 (timescale 7.2 steps), α = 2.9 (84% of Σ|α|); "
+                           "slowest mode |λ| = 0.93")
+    assert "the linear description does not hold here (median one-step error 46% > 20%)" in line
+    attrs["linearization_error_median"] = 0.05
+    assert "does not hold" not in mod.summary(xr.Dataset(attrs=attrs))

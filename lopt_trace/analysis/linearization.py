@@ -30,6 +30,8 @@ from lopt_trace.analysis._common import (UNIT, attrs, batch_of_states, in_float6
 
 MODE = "mode"
 UNIT_IN = "unit_in"
+#: median one-step linearisation error above which summaries say the linear description fails
+NONLINEAR_ERROR = 0.2
 
 
 def _jacobians_one(opt, theta, h, g):
@@ -199,4 +201,4 @@ def linearization_error(opt, theta, states: xr.DataArray, gradients: xr.DataArra
                    attrs=attrs("relative one-step linearisation error"))
 
 
-__all__ = ["held_modes", "jacobians", "linearization_error", "linearize", "modes", "momentum_mode"]
+__all__ = ["NONLINEAR_ERROR", "held_modes", "jacobians", "linearization_error", "linearize", "modes", "momentum_mode"]

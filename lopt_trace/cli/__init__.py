@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lopt_trace import __version__
+    from lopt_trace._version import __version__
 
     parser = _Parser(prog="lopt-trace", description="Meta-train learned optimizers, record their "
                      "dynamics into labeled Zarr stores, and take them apart.")
@@ -150,6 +150,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse type for a finite number >= 0 (a penalty)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """argparse type for a number in [0, 1] (a decay)."""
     try:
@@ -182,10 +193,10 @@ def existing_file(text: str) -> str:
 
 def task_name(text: str) -> str:
     """argparse type for a registered task name."""
-    from lopt_trace.tasks import TASKS
+    from lopt_trace.defaults import TASK_NAMES
 
-    if text not in TASKS:
-        raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose one of: {', '.join(TASKS)}")
+    if text not in TASK_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose one of: {', '.join(TASK_NAMES)}")
     return text
 
 

@@ -48,6 +48,39 @@ def _accepted(module) -> set[str]:
             if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)}
 
 
+def _defaults(module) -> dict:
+    import inspect
+
+    return {n: prm.default for n, prm in list(inspect.signature(module.compute).parameters.items())[1:]
+            if prm.default is not inspect.Parameter.empty}
+
+
+def check_param(key: str, value, default) -> str | None:
+    """Why ``-p key=value`` is unusable for an option whose default is ``default``, or None.
+
+    The value must have the default's kind: a bool for a switch; an integer for a count, at
+    least 1 for ``n_*`` options and at least 0 otherwise; a finite number for a float option, not
+    negative where the default is not. Options without a default value are not checked here.
+    """
+    import math
+    import numbers
+
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected True or False"
+    if isinstance(default, numbers.Integral):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return "expected an integer"
+        low = 1 if key.startswith("n_") else 0
+        return None if value >= low else f"expected an integer >= {low}"
+    if isinstance(default, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return "expected a finite number"
+        return "expected a number >= 0" if default >= 0 and value < 0 else None
+    return None
+
+
 def _client(address: str):
     from lopt_trace.errors import UserError
 
@@ -85,6 +118,11 @@ def run(args) -> int:
         if not any(key in _accepted(m) for m in modules):
             accepted = sorted(set().union(*(_accepted(m) for m in modules)) - {"optimizer"})
             raise UserError(f"unknown option {key!r} for {args.recipe}; options: {', '.join(accepted)}")
+        for m in modules:
+            default = _defaults(m).get(key)
+            why = check_param(key, params[key], default) if key in _accepted(m) else None
+            if why:
+                raise UserError(f"-p {key}={params[key]!r}: {why} (default {default!r})")
     tree = open_for_analysis(args.store)  # opened (and validated) once for every recipe
     client = _client(args.scheduler) if args.scheduler else None
     with client if client is not None else contextlib.nullcontext():

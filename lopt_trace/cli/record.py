@@ -24,7 +24,7 @@ def _wrap(text: str) -> str:
 
 
 def add_parser(sub, name):
-    from lopt_trace.recorder import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
+    from lopt_trace.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
 
     p = sub.add_parser(
         name, help="record optimizer dynamics on held-out test problems into a Zarr store",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from lopt_trace.cli import (nonnegative_int, output_path, positive_float, positive_int, task_name,
-                            unit_interval)
+from lopt_trace.cli import (nonnegative_float, nonnegative_int, output_path, positive_float, positive_int,
+                            task_name, unit_interval)
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
@@ -61,7 +61,7 @@ def add_parser(sub, name):
     p.add_argument("--pes-pairs", type=positive_int, default=None, metavar="K",
                    help="PES: antithetic pairs per problem of the meta-batch (default 2)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="meta learning rate (default 3e-3)")
-    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty on θ (default 0)")
+    p.add_argument("--l2", type=nonnegative_float, default=0.0, help="L2 penalty on θ (default 0)")
     p.add_argument("--input-scale", type=positive_float, default=None, help="gradient input scale (default per task)")
     p.add_argument("--output-scale", type=positive_float, default=None, help="readout output scale (default per task)")
     p.add_argument("--input-norm", type=unit_interval, default=None, metavar="DECAY",
@@ -113,6 +113,9 @@ def run(args) -> int:
         pes["pes_pairs"] = args.pes_pairs
     if pes and args.estimator != "pes":
         raise UserError("--pes-std and --pes-pairs apply to --estimator pes")
+    if args.warm_start_lr_range and args.warm_start_lr_range[0] > args.warm_start_lr_range[1]:
+        low, high = args.warm_start_lr_range
+        raise UserError(f"--warm-start-lr-range: LOW ({low:g}) must not exceed HIGH ({high:g})")
     cfg = MetaTrainConfig(iterations=args.iterations, batch=args.batch, steps=args.steps,
                           truncation=args.truncation, learning_rate=args.lr, l2=args.l2,
                           seed=args.seed, checkpoint_every=args.checkpoint_every,

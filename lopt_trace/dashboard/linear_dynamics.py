@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from lopt_trace.analysis.linearization import NONLINEAR_ERROR as NONLINEAR
 from lopt_trace.dashboard._common import (HEIGHT, WIDTH, hv, missing, notice, optimizer_select, pn,
                                           widget)
 
@@ -67,11 +68,18 @@ def alpha_beta_plot(m: dict, tuned: dict | None, optimal: tuple | None = None,
 
 def key_numbers(mom: xr.Dataset) -> str:
     a = mom.attrs
-    parts = [f"momentum mode |λ| = **{a.get('slowest_beta', np.nan):.3f}** (timescale "
+    parts = []
+    if "dominant_mode" in a and a["dominant_mode"] != a.get("momentum_mode"):
+        parts.append(f"dominant mode |λ| = **{a['dominant_beta']:.3f}**, α = **{a['dominant_alpha']:.3g}** "
+                     f"({100 * a['dominant_share']:.0f}% of Σ|α|)")
+    parts += [f"slowest mode |λ| = **{a.get('slowest_beta', np.nan):.3f}** (timescale "
              f"{a.get('slowest_timescale', np.nan):.1f} steps), α = **{a.get('slowest_alpha', np.nan):.3g}**",
              f"{a.get('n_fixed_points', '?')} fixed point(s) from {a.get('n_starts', '?')} starts"]
-    if np.isfinite(a.get("linearization_error_median", np.nan)):
-        parts.append(f"median one-step linearisation error {100 * a['linearization_error_median']:.2g}%")
+    err = a.get("linearization_error_median", np.nan)
+    if np.isfinite(err):
+        parts.append(f"median one-step linearisation error {100 * err:.2g}%")
+        if err > NONLINEAR:
+            parts.append(f"**the linear description does not hold here** (error > {100 * NONLINEAR:.0f}%)")
     if "tuned_beta" in a:
         parts.append(f"tuned momentum β = {a['tuned_beta']:.3g}, α = {a.get('tuned_learning_rate', np.nan):.3g}")
     return " · ".join(parts)

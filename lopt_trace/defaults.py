@@ -1,0 +1,18 @@
+"""Names and defaults the command line needs before anything heavy loads.
+
+``lopt-trace --help`` and every argument error answer from here, without importing JAX, xarray
+or zarr (tests check that these agree with the registries they summarise).
+"""
+
+from __future__ import annotations
+
+#: the registered tasks (``lopt_trace.tasks.TASKS``), in their order
+TASK_NAMES = ("linear_regression", "rosenbrock", "two_moons", "mnist")
+#: what ``--optimizer`` defaults to: the learned optimizer and every baseline
+DEFAULT_OPTIMIZERS = ("learned", "sgd", "momentum", "rmsprop", "adam")
+#: default number of parameters kept per tensor
+DEFAULT_PARAMS = 64
+#: default number of test runs
+DEFAULT_RUNS = 4
+
+__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_PARAMS", "DEFAULT_RUNS", "TASK_NAMES"]

@@ -1,0 +1,37 @@
+"""Fast refusals: ``--help`` and argument errors answer without loading JAX or the data stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lopt_trace import defaults, recorder
+from lopt_trace.tasks import TASKS
+
+_PROBE = """
+import sys
+from lopt_trace.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("jax", "xarray", "zarr", "dask", "holoviews", "panel") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy))
+"""
+
+
+def test_light_registries_agree_with_the_real_ones():
+    assert defaults.TASK_NAMES == tuple(TASKS)
+    assert recorder.DEFAULT_OPTIMIZERS == defaults.DEFAULT_OPTIMIZERS
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["record", "--help"], ["record", "--task", "nope"],
+                                  ["train", "--task", "mnist", "--lr", "-1"], ["analyze"]])
+def test_help_and_argument_errors_load_nothing_heavy(argv):
+    out = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True)
+    heavy = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
+    assert heavy == ["HEAVY="], (argv, heavy, out.stderr[-500:])
+    if argv[-1] != "--help":
+        assert out.stderr.count("\n") == 1 and "error" in out.stderr  # one line
