@@ -15,4 +15,15 @@ DEFAULT_PARAMS = 64
 #: default number of test runs
 DEFAULT_RUNS = 4
 
-__all__ = ["DEFAULT_OPTIMIZERS", "DEFAULT_PARAMS", "DEFAULT_RUNS", "TASK_NAMES"]
+#: ``lopt-trace train``'s meta-gradient estimator where it is not backpropagation, chosen by
+#: measurement (docs/metatrain.md, "Which estimator by default")
+DEFAULT_ESTIMATORS = {"two_moons": "pes"}
+
+
+def default_estimator(task: str) -> str:
+    """``train``'s default ``--estimator`` for ``task`` (``bptt`` unless measured otherwise)."""
+    return DEFAULT_ESTIMATORS.get(task, "bptt")
+
+
+__all__ = ["DEFAULT_ESTIMATORS", "DEFAULT_OPTIMIZERS", "DEFAULT_PARAMS", "DEFAULT_RUNS", "TASK_NAMES",
+           "default_estimator"]

@@ -14,7 +14,6 @@ settings the run was started with; ``/meta_train`` holds the history so far.
 from __future__ import annotations
 
 import os
-import platform
 
 import numpy as np
 import xarray as xr
@@ -22,14 +21,9 @@ import xarray as xr
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import make_optimizer
 from lopt_trace.optimizers.io import save_optimizer
+from lopt_trace.provenance import machine
 from lopt_trace.theta import theta_from_dataset
 from lopt_trace.zarr_io import exists, open_tree
-
-
-def machine() -> dict:
-    """What the run was computed on (recorded with exported and finished files alike)."""
-    return {"platform": platform.platform(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count() or 0}
 
 
 def best_checkpoint(history: xr.Dataset) -> int:

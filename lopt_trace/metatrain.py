@@ -41,6 +41,7 @@ from lopt_trace import seeds as seedlib
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import LearnedGRU
 from lopt_trace.optimizers.io import save_optimizer
+from lopt_trace.provenance import machine
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune import best_config
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
@@ -325,9 +326,14 @@ def checkpoint_path(out: str | os.PathLike) -> Path:
 
 
 def write_checkpoint(path, state: TrainState, iteration: int, history: xr.Dataset, settings: dict,
-                     warm_start: xr.Dataset | None = None) -> None:
+                     warm_start: xr.Dataset | None = None, wall_time_s: float | None = None) -> None:
+    """The full training state at ``iteration``; ``wall_time_s`` is the run's wall time so far
+    (summed over the commands that ran it), kept apart from ``settings``."""
+    attrs = {"next_iteration": int(iteration), "settings": settings}
+    if wall_time_s is not None:
+        attrs["wall_time_s"] = round(float(wall_time_s), 1)
     nodes = {
-        "/": xr.Dataset(attrs={"next_iteration": int(iteration), "settings": settings}),
+        "/": xr.Dataset(attrs=attrs),
         "/state": _leaves_dataset(state),
         "/history": history,
     }
@@ -402,6 +408,7 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     a history with fewer than ``cfg.iterations`` iterations and ``attrs["stopped"]`` saying why.
     """
     began = clock()
+    began_wall = time.monotonic()  # the run's wall time (``clock`` may be a test's fake budget clock)
     trainer = MetaTrainer(task, optimizer, cfg)
     cfg = trainer.cfg
     settings = {**cfg.settings(), "optimizer": optimizer.config(), "task": task.config()}
@@ -417,7 +424,9 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     records = {k: [] for k in HISTORY_ATTRS}
     thetas, theta_iters, scores = [], [], []
     start = 0
+    prior_s = 0.0  # wall time of the commands that ran this run before (from the checkpoint)
     if resume:
+        prior_s = float(open_tree(ckpt).attrs.get("wall_time_s", 0.0))
         state, start, history, saved = read_checkpoint(ckpt, state)
         if saved != settings:
             raise UserError(f"checkpoint {ckpt} was made with other settings; resume with the same options")
@@ -458,7 +467,7 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
             keep(state.theta, done)
             if done < cfg.iterations:
                 write_checkpoint(ckpt, state, done, history_dataset(records, thetas, theta_iters, scores),
-                                 settings, warm_start)
+                                 settings, warm_start, prior_s + time.monotonic() - began_wall)
         durations.append(clock() - tick)
         postfix = {"meta_loss": f"{float(metrics['meta_loss']):.4f}",
                    "skipped": int(np.sum(records["skipped"]))}
@@ -471,7 +480,7 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     bar.close()
     if end < cfg.iterations:
         write_checkpoint(ckpt, state, end, history_dataset(records, thetas, theta_iters, scores),
-                         settings, warm_start)
+                         settings, warm_start, prior_s + time.monotonic() - began_wall)
         history = history_dataset(records, thetas, theta_iters, scores)
         history.attrs["stopped"] = stopped
         return history
@@ -481,7 +490,9 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
         best = int(np.argmin(finite))
         final, selected = thetas[best], theta_iters[best]
     history = history_dataset(records, thetas, theta_iters, scores, selected)
+    finished = {**settings, "finished": True, "iterations_done": cfg.iterations,
+                "wall_time_s": round(prior_s + time.monotonic() - began_wall, 1), "machine": machine()}
     save_optimizer(out, optimizer, final, task=task.config(),
-                   metatrain=settings, meta_train=history, warm_start=warm_start, overwrite=overwrite)
+                   metatrain=finished, meta_train=history, warm_start=warm_start, overwrite=overwrite)
     remove(ckpt)
     return history

@@ -20,6 +20,15 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict:
+    """What a run was computed on (recorded with finished and exported optimizer files alike)."""
+    import os
+    import platform
+
+    return {"platform": platform.platform(), "processor": platform.machine(),
+            "cpu_count": os.cpu_count() or 0}
+
+
 def utc_now() -> str:
     """The current UTC time, ISO 8601 with a ``Z``."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

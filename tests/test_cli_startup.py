@@ -35,3 +35,15 @@ def test_help_and_argument_errors_load_nothing_heavy(argv):
     assert heavy == ["HEAVY="], (argv, heavy, out.stderr[-500:])
     if argv[-1] != "--help":
         assert out.stderr.count("\n") == 1 and "error" in out.stderr  # one line
+
+
+def test_train_picks_the_measured_estimator_per_task(tmp_path):
+    from lopt_trace.cli import main
+    from lopt_trace.defaults import default_estimator
+    from lopt_trace.optimizers.io import load_optimizer
+
+    assert [default_estimator(t) for t in defaults.TASK_NAMES] == ["bptt", "bptt", "pes", "bptt"]
+    out = tmp_path / "tm.zarr"
+    assert main(["train", "--task", "two_moons", "--units", "2", "--iterations", "1", "--batch", "1",
+                 "--steps", "4", "--out", str(out)]) == 0
+    assert load_optimizer(out).attrs["metatrain"]["estimator"] == "pes"

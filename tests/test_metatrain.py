@@ -58,6 +58,9 @@ def test_a_few_iterations_lower_the_meta_loss(tmp_path):
     trained = load_optimizer(tmp_path / "lr.zarr")
     np.testing.assert_array_equal(trained.theta["readout"], history["theta_readout"].values[-1])
     assert trained.attrs["metatrain"]["iterations"] == 60 and trained.attrs["task"]["steps"] == 50
+    done = trained.attrs["metatrain"]  # a finished file says so, with its wall time and machine
+    assert done["finished"] is True and done["iterations_done"] == 60
+    assert 0 < done["wall_time_s"] < 3600 and done["machine"]["cpu_count"] >= 1
     assert trained.meta_train["meta_loss"].shape == (60,)
     keys = seeds.problem_keys(seeds.test_seeds(0, 16))
     problems = jax.vmap(task.sample)(keys)

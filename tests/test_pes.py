@@ -107,7 +107,12 @@ def test_pes_training_stopped_by_a_time_budget_resumes_bit_for_bit(tmp_path):
     assert partial.attrs["stopped"] == "time budget"
     assert partial.sizes["iteration"] == 3  # odd: the second truncation of an episode is next
     assert checkpoint_path(out).exists() and not out.exists()
+    from lopt_trace.zarr_io import open_tree
+
+    spent = open_tree(checkpoint_path(out)).attrs["wall_time_s"]  # real seconds so far
+    assert spent > 0
     resumed = train(task, opt, cfg, out, progress=False, resume=True)  # particles were in flight
+    assert load_optimizer(out).attrs["metatrain"]["wall_time_s"] > spent  # summed over both commands
     assert not checkpoint_path(out).exists() and "stopped" not in resumed.attrs
     np.testing.assert_array_equal(full["meta_loss"].values, resumed["meta_loss"].values)
     a, b = load_optimizer(tmp_path / "full.zarr"), load_optimizer(out)

@@ -7,6 +7,7 @@ import re
 
 from lopt_trace.cli import (nonnegative_float, nonnegative_int, output_path, positive_float, positive_int,
                             task_name, unit_interval)
+from lopt_trace.defaults import TASK_NAMES, default_estimator
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
@@ -37,8 +38,7 @@ def add_parser(sub, name):
     p = sub.add_parser(
         name, help="meta-train a learned (GRU) optimizer on a task",
         description="Meta-train a component-wise GRU optimizer on truncated unrolls, by "
-                    "backpropagation (default) or persistent evolution strategies (--estimator "
-                    "pes), and write it as an optimizer file (a Zarr folder with θ, its "
+                    "backpropagation or persistent evolution strategies (--estimator), and write it as an optimizer file (a Zarr folder with θ, its "
                     "configuration and the meta-training history). Long runs: --time-budget "
                     "checkpoints and exits when the time is spent, --resume continues.")
     p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
@@ -51,11 +51,12 @@ def add_parser(sub, name):
     p.add_argument("--first-order", action="store_true",
                    help="treat task gradients as constants in the meta-gradient (no second "
                         "derivatives; much cheaper on CNNs, approximate; bptt only)")
-    p.add_argument("--estimator", choices=("bptt", "pes"), default="bptt",
-                   help="meta-gradient: bptt, backpropagation through each truncation (default; "
-                        "chosen by measurement, docs/metatrain.md), or pes, persistent evolution "
-                        "strategies (antithetic pairs, forward unrolls only, unbiased across "
-                        "truncations)")
+    p.add_argument("--estimator", choices=("bptt", "pes"), default=None,
+                   help="meta-gradient: bptt, backpropagation through each truncation, or pes, "
+                        "persistent evolution strategies (antithetic pairs, forward unrolls only, "
+                        "unbiased across truncations). Default per task, chosen by measurement "
+                        "(docs/metatrain.md): " + ", ".join(
+                            f"{t} {default_estimator(t)}" for t in TASK_NAMES))
     p.add_argument("--pes-std", type=positive_float, default=None, metavar="SIGMA",
                    help="PES: standard deviation of the perturbations of θ (default 0.01)")
     p.add_argument("--pes-pairs", type=positive_int, default=None, metavar="K",
@@ -106,6 +107,8 @@ def run(args) -> int:
     from lopt_trace.optimizers import LearnedGRU
     from lopt_trace.tasks import get_task
 
+    if args.estimator is None:
+        args.estimator = "bptt" if args.first_order else default_estimator(args.task)
     pes = {}
     if args.pes_std is not None:
         pes["pes_std"] = args.pes_std
