@@ -46,7 +46,8 @@ from lopt_trace.errors import UserError
 from lopt_trace.optimizers import BASELINES, ComponentwiseOptimizer
 from lopt_trace.provenance import utc_now, versions
 from lopt_trace.store import (HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, RUN_COORDS, RUN_VARIABLES,
-                              SCHEMA_VERSION, StoreLock, hist_edges, human_bytes, size_on_disk)
+                              SCHEMA_VERSION, StoreLock, hist_edges, human_bytes, size_on_disk,
+                              with_label_copies)
 from lopt_trace.tasks.base import Task
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
 from lopt_trace.unroll import InnerState, init_inner, inner_step
@@ -383,7 +384,7 @@ def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, di
         "spec": entry.spec,
         **entry.attrs,
     }
-    ds = xr.Dataset(data_vars, coords=coords, attrs=_jsonable(attrs))
+    ds = with_label_copies(xr.Dataset(data_vars, coords=coords, attrs=_jsonable(attrs)))
     encoding = {}
     for name in ds.variables:
         encoding[name] = {"compressors": COMPRESSORS}

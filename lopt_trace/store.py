@@ -74,6 +74,49 @@ HIST_LOG10_MAX = 4.0
 HIST_BINS = 56
 
 
+#: group attribute holding a JSON copy of every string-valued array of the group (see
+#: :func:`with_label_copies`), for readers without zarr-python's variable-length strings
+LABELS_ATTR = "labels"
+
+
+def with_label_copies(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with a JSON copy of its string-valued variables and coordinates in ``attrs["labels"]``.
+
+    zarr-python stores string coordinates (``tensor``, ``unit``, ``param_tensor``, ...) with its
+    variable-length string type, which other Zarr implementations (tensorstore, for one) cannot
+    read. The copy is ``{name: {"dims": [...], "runs": [[value, count], ...]}}``: the values in C
+    order, run-length encoded (``param_tensor`` repeats each tensor's name once per kept
+    parameter), so ``[v for v, n in runs for _ in range(n)]`` reshaped to the dims' sizes gives
+    the array back. Every numeric array reads without help.
+    """
+    labels = {}
+    for name, var in ds.variables.items():
+        if var.dtype.kind not in "OUST":
+            continue
+        flat = [str(v) for v in np.asarray(var.values).ravel()]
+        runs: list[list] = []
+        for v in flat:
+            if runs and runs[-1][0] == v:
+                runs[-1][1] += 1
+            else:
+                runs.append([v, 1])
+        labels[str(name)] = {"dims": [str(d) for d in var.dims], "runs": runs}
+    out = ds.copy()
+    if labels:
+        out.attrs = {**ds.attrs, LABELS_ATTR: labels}
+    return out
+
+
+def labels_from_attrs(attrs: dict, sizes: dict) -> dict[str, np.ndarray]:
+    """The string arrays of a group from its ``labels`` attribute (inverse of
+    :func:`with_label_copies`); ``sizes`` maps dim names to lengths."""
+    out = {}
+    for name, entry in (attrs.get(LABELS_ATTR) or {}).items():
+        values = [v for v, n in entry["runs"] for _ in range(int(n))]
+        out[name] = np.array(values, dtype=object).reshape([sizes[d] for d in entry["dims"]])
+    return out
+
+
 def hist_edges() -> np.ndarray:
     """The fixed log-spaced |gradient| bin edges, shape (HIST_BINS + 1,)."""
     return np.logspace(HIST_LOG10_MIN, HIST_LOG10_MAX, HIST_BINS + 1)

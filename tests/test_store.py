@@ -186,3 +186,36 @@ def test_memory_store_equals_local_store(store):
     fs, root = fsspec.core.url_to_fs(lock_path(url))
     assert not fs.exists(root)
     fs.rm("/lopt-trace-tests", recursive=True)
+
+
+def test_string_labels_have_a_json_copy_readable_without_zarr_python(store, tmp_path):
+    """Every string array of a store (coordinates such as ``tensor``, ``unit``, ``param_tensor``,
+    and those of analysis results) is also in its group's ``zarr.json`` as plain JSON, so a reader
+    without zarr-python's string type (tensorstore, say) has the labels too."""
+    import json
+    from pathlib import Path
+
+    from lopt_trace import recipes_loader
+    from lopt_trace.analysis import write_result
+    from lopt_trace.store import LABELS_ATTR, labels_from_attrs
+
+    import shutil
+
+    store = str(shutil.copytree(store[0], tmp_path / "copy.zarr"))  # the shared store stays as it is
+    ds = recipes_loader.load("performance").compute(open_store(store))
+    write_result(store, "performance", ds, version="1")
+    tree = open_store(store)
+    checked = 0
+    for node in tree.subtree:
+        group = node.to_dataset(inherit=False)
+        strings = [n for n, v in group.variables.items() if v.dtype.kind in "OUST"]
+        if not strings:
+            continue
+        meta = json.loads((Path(store) / node.path.lstrip("/") / "zarr.json").read_text())  # plain JSON
+        copies = labels_from_attrs(meta["attributes"], dict(group.sizes))
+        assert sorted(copies) == sorted(strings), node.path
+        for name in strings:
+            assert copies[name].tolist() == [[str(x) for x in row] if isinstance(row, list) else str(row) for row in group[name].values.tolist()], name
+            checked += 1
+        assert LABELS_ATTR in group.attrs
+    assert checked >= 6  # tensor, unit, param_tensor, ... and the result's optimizer

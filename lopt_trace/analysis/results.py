@@ -72,12 +72,12 @@ def write_result(store, recipe: str, ds: xr.Dataset, *, version: str | int,
     path = os.fspath(store)
     if not exists(path):
         raise UserError(f"no store at {path}")
-    from lopt_trace.store import check_integrity
+    from lopt_trace.store import check_integrity, with_label_copies
 
     # the input must be what was recorded (every file at its size and checksum), or no result is
     # written: a lost chunk reads as NaN and would change the result without a word
     check_integrity(path, full=True)
-    ds = _storable(ds)
+    ds = with_label_copies(_storable(ds))
     ds.attrs.update(provenance(recipe, version, parameters or {}))
     encoding = {name: {"compressors": COMPRESSORS} for name in ds.variables}
     with _lock(path), quiet_zarr_writes():
