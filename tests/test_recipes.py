@@ -216,3 +216,28 @@ def test_momentum_summary_names_the_dominant_and_the_slowest_mode_and_flags_nonl
     assert "the linear description does not hold here (median one-step error 46% > 20%)" in line
     attrs["linearization_error_median"] = 0.05
     assert "does not hold" not in mod.summary(xr.Dataset(attrs=attrs))
+
+
+@pytest.mark.slow
+def test_every_recipe_on_a_two_process_cluster_equals_the_local_result():
+    """Issue #13: the analyses run unchanged on dask.distributed (2 worker processes): every
+    recipe's result equals the one computed with the local scheduler."""
+    distributed = pytest.importorskip("dask.distributed")
+    from lopt_trace.analysis import open_for_analysis
+
+    tree = open_for_analysis(two_moons_store())
+    mods = {}
+    for name in recipes_loader.available():
+        mod = recipes_loader.load(name)
+        skip = getattr(mod, "not_applicable", None)
+        if (skip is None or not skip(tree, None)) and name in recipes_loader.ORDER:
+            mods[name] = mod
+    assert {"performance", "momentum", "clipping", "schedule", "adaptation", "layers"} <= set(mods)
+    local = {name: mod.compute(tree) for name, mod in mods.items()}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        remote = {name: mod.compute(open_for_analysis(two_moons_store())) for name, mod in mods.items()}
+        assert len(client.scheduler_info()["workers"]) == 2
+        assert cluster.scheduler.transition_counter > 0  # the reads ran on the cluster
+    for name in mods:
+        xr.testing.assert_allclose(local[name], remote[name], rtol=1e-12, atol=0)
