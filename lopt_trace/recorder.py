@@ -320,6 +320,67 @@ def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
                   plan, max_units)
 
 
+# -- what it will cost ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, zstd
+    saves little on states, plus coordinates and the learned optimizer's meta-training history;
+    tiny stores add some kB of metadata) and ``memory`` (the inner problems in flight and two
+    blocks of outputs, besides the interpreter, JAX and the task's data)."""
+
+    store: int
+    memory: int
+
+    def describe(self) -> str:
+        return f"store about {human_bytes(self.store)}, working memory about {human_bytes(self.memory)}"
+
+
+#: metadata bytes per group of a store, about (measured on small stores: their zarr.json files,
+#: θ subgroups and manifest entries)
+METADATA_BYTES = 40_000
+
+
+def estimate(layout: Layout, entries: list[OptimizerEntry]) -> Estimate:
+    """The :class:`Estimate` of recording ``entries`` with ``layout``."""
+    r, n, p, t, k = layout.runs, layout.n_records, layout.n_params, len(layout.task.tensors), layout.steps
+    isz = layout.itemsize
+    store = METADATA_BYTES * (1 + len(entries))  # zarr.json files, θ groups, the manifest
+    for e in entries:
+        d = e.optimizer.state_size
+        store += r * n * p * (d + 2) * isz          # state, gradient, update per kept parameter
+        store += r * n * t * (d + 1) * 4            # per-tensor means
+        store += r * (k + 1) * 4 + r * t * HIST_BINS * 8 + p * d * 4
+        store += p * 48 + (int(e.meta_train.nbytes) if e.meta_train is not None else 0)  # labels, history
+    total = int(layout.task.num_params)
+    rb, b = layout.plan.run_batch, layout.plan.block_records
+    per_record = rb * (p * (2 + layout.max_units) * isz + t * (layout.max_units + 1) * 4 + layout.every * 4)
+    memory = rb * total * (layout.max_units + 2) * 4 * 2 + 2 * per_record * b  # problems (twice: the
+    return Estimate(int(store), int(memory))                                       # scan's carry) + blocks
+
+
+def check_fits(est: Estimate, out: str) -> None:
+    """Refuse, with the estimate in the message, a recording that cannot fit in the free disk
+    space (local stores) or the available memory."""
+    import shutil
+
+    import psutil
+
+    avail = psutil.virtual_memory().available
+    if est.memory > avail:
+        raise UserError(f"this recording needs about {human_bytes(est.memory)} of memory and "
+                        f"{human_bytes(avail)} is available; record fewer --runs or --params, or use "
+                        "--every to keep fewer steps")
+    if is_local(out):
+        parent = Path(out).resolve().parent
+        while not parent.exists():
+            parent = parent.parent
+        free = shutil.disk_usage(parent).free
+        if est.store > free:
+            raise UserError(f"{out}: the store needs about {human_bytes(est.store)} and {human_bytes(free)} "
+                            "is free there; free some space, keep fewer --params or --runs, use --every "
+                            "or --dtype float16, or choose another --out")
+
+
 # -- the template --------------------------------------------------------------------------------------
 def _jsonable(obj):
     """Plain JSON types (zarr attributes are JSON)."""
@@ -722,6 +783,11 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
     if not entries:
         raise UserError("no optimizer to record")
     layout = make_layout(task, cfg, entries, plan)
+    cost = estimate(layout, entries)
+    check_fits(cost, out)  # issue #14: refuse what cannot fit before any work
+    if progress:
+        print(f"record {task.name}: {len(entries)} optimizer(s) × {layout.runs} runs × {layout.steps} steps, "
+              f"{layout.n_params} of {task.num_params} parameters kept; {cost.describe()}", flush=True)
     if command is None:
         command = (f"lopt_trace.recorder.record(task={task.name!r}, optimizers="
                    f"{[e.spec for e in entries]!r}, {cfg!r})")

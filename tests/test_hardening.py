@@ -448,3 +448,54 @@ def test_floats_are_finite_and_ranges_ordered(tmp_path, monkeypatch, capsys, arg
 
 def _no_raise():
     return contextlib.nullcontext()
+
+
+def test_wrong_schema_version_is_refused_alike_by_every_command(recorded, tmp_path, capsys):
+    """Issue #14 §4: one validation for every command; report and dashboard used to accept it."""
+    store = tmp_path / "v999.zarr"
+    shutil.copytree(recorded, store)
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["schema_version"] = 999
+    (store / "zarr.json").write_text(json.dumps(meta))
+    for argv in (["info", str(store)], ["analyze", "performance", str(store), "--no-write"],
+                 ["report", str(store), "--out", str(tmp_path / "r.html")], ["verify", str(store)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "schema version 999" in err, (argv, err)
+    assert not (tmp_path / "r.html").exists()
+    from lopt_trace.dashboard.data import StoreView
+
+    with pytest.raises(UserError, match="schema version 999"):
+        StoreView(str(store)).tree
+
+
+def test_record_estimates_its_size_and_refuses_what_cannot_fit(tmp_path, monkeypatch, capsys):
+    """Issue #14 §6: the store size and memory are estimated before any work, shown in record's
+    first line, and a recording that cannot fit is refused with the estimate in the message."""
+    from collections import namedtuple
+
+    import psutil
+
+    from lopt_trace.recorder import estimate, make_layout, resolve_optimizers
+    from lopt_trace.recorder import RecordConfig as Cfg
+    from lopt_trace.store import size_on_disk
+
+    out = tmp_path / "tm.zarr"
+    assert main(["record", "--task", "two_moons", "--optimizer", "sgd", "--optimizer", "momentum", "--runs", "2",
+                 "--steps", "30", "--params", "all", "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("record two_moons: 2 optimizer(s) × 2 runs × 30 steps") and "store about" in first
+    task = get_task("two_moons", steps=30)
+    entries = resolve_optimizers("two_moons", ["sgd", "momentum"])
+    est = estimate(make_layout(task, Cfg(runs=2, steps=30, params=None), entries), entries)
+    assert 0.5 < est.store / size_on_disk(out) < 2  # the right size, before anything was written
+
+    huge = tmp_path / "huge.zarr"
+    assert main(["record", "--task", "mnist", "--runs", "100000", "--params", "all", "--out", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the store needs about" in err and "TB" in err and not huge.exists()
+    mem = namedtuple("mem", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: mem(1000))
+    assert main(["record", "--task", "linear_regression", "--out", str(tmp_path / "m.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "of memory and 1.0 kB is available" in err and not (tmp_path / "m.zarr").exists()
