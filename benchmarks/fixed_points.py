@@ -270,6 +270,7 @@ def sweep_part(args):
             kinds = ["lm", "lm projected", "lm as before #16"]
             if args.adam_steps:
                 kinds.append("adam on q")
+            kinds = [k for k in kinds if k in args.finders]
             for kind in kinds:
                 g_use = gs if kind != "adam on q" else gs[:: max(1, args.adam_every)]
                 f_use = fwd if kind != "adam on q" else fwd[:: max(1, args.adam_every)]
@@ -325,6 +326,10 @@ def main(argv=None):  # noqa: D103
     p.add_argument("--forward-steps", type=int, default=5000)
     p.add_argument("--adam-steps", type=int, default=5000, help="0: skip Adam on q")
     p.add_argument("--adam-every", type=int, default=8)
+    p.add_argument("--finders", type=lambda t: [k.strip() for k in t.split(",")],
+                   default=["lm", "lm projected", "lm as before #16", "adam on q"],
+                   help="comma-separated finders to run against forward iteration (default all: "
+                        "'lm,lm projected,lm as before #16,adam on q')")
     p.add_argument("--units", type=int, default=16, help="(methods) GRU units")
     p.add_argument("--method-starts", type=int, default=256, help="(methods) starts")
     p.add_argument("--gd-iterations", type=int, default=20000, help="(methods)")
