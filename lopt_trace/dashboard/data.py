@@ -66,9 +66,11 @@ class StoreView:
                 from lopt_trace.store import open_store
             except ImportError:
                 raise exc from None
+            from lopt_trace.store import SCHEMA_VERSION
+
             tree = open_store(self.path, validate=False)  # not a store at all: raises again
-            if "schema_version" not in tree.attrs:
-                raise exc from None
+            if tree.attrs.get("schema_version") != SCHEMA_VERSION:  # not one this version reads:
+                raise exc from None                               # refused, as info and analyze do
             self.problem = str(exc)
             return tree
 
