@@ -207,22 +207,95 @@ def summarize(loss: xr.DataArray, dim: str = "run") -> xr.Dataset:
     return out
 
 
-def format_table(summary: xr.Dataset, dim: str = "optimizer") -> str:
-    """A plain-text table, one row per optimizer, best meta-objective marked with ``*``."""
+def format_table(summary: xr.Dataset, dim: str = "optimizer", tuning: dict[str, str] | None = None) -> str:
+    """A plain-text table, one row per optimizer, best meta-objective marked with ``*``.
+
+    ``tuning`` (label -> ``"plateaued"``, ``"not plateaued"`` or ``"no curve"``, from
+    :func:`tuning_status`) adds a column saying whether each tuned baseline's tuning curve
+    reached a plateau; optimizers it does not name get ``—``.
+    """
     summary = summary.compute()
     labels = [str(v) for v in summary[dim].values]
     meta = summary["meta_objective_mean"].values
     best = int(np.nanargmin(meta)) if np.any(np.isfinite(meta)) else -1
     sources = summary["source"].values if "source" in summary.coords else [""] * len(labels)
     width = max(12, 2 + max(len(label) for label in labels) + 1)  # room for '*' and a gap
-    rows = [f"{'optimizer':<{width}}{'source':<10}{'meta-objective':>26}{'final loss':>28}",
-            "-" * (width + 64)]
+    extra = f"{'tuning':>16}" if tuning else ""
+    rows = [f"{'optimizer':<{width}}{'source':<10}{'meta-objective':>26}{'final loss':>28}{extra}",
+            "-" * (width + 64 + len(extra))]
     for i, label in enumerate(labels):
         m = f"{meta[i]:.4g} ± {summary['meta_objective_sem'].values[i]:.2g}"
         f = f"{summary['final_loss_mean'].values[i]:.4g} ± {summary['final_loss_sem'].values[i]:.2g}"
-        rows.append(f"{label + ('*' if i == best else ''):<{width}}{sources[i]!s:<10}{m:>26}{f:>28}")
+        t = f"{tuning.get(label, '—'):>16}" if tuning else ""
+        rows.append(f"{label + ('*' if i == best else ''):<{width}}{sources[i]!s:<10}{m:>26}{f:>28}{t}")
     rows.append(f"mean ± sem over {int(summary['runs'])} held-out problems; * lowest meta-objective")
+    if tuning:
+        rows.append("tuning: whether the baseline's tuning curve (best-so-far against candidates) "
+                    "reached a plateau (docs/tuning.md); 'not plateaued': more tuning may still pay")
     return "\n".join(rows)
+
+
+def tuned_entries(task: str, tuned_file: str | os.PathLike | None = None) -> tuple[dict, Path]:
+    """The ``optimizers`` mapping of the tuned-hyperparameter file for ``task`` and its path."""
+    from lopt_trace.tune import load_tuned
+
+    path = Path(tuned_file) if tuned_file else bundled.tuned_path(task)
+    return load_tuned(path)["optimizers"], path
+
+
+def tuning_status(task: str, entries: list[Entry], tuned_file: str | os.PathLike | None = None) -> dict[str, str]:
+    """For each tuned baseline among ``entries``: ``"plateaued"`` or ``"not plateaued"`` (the
+    verdict :func:`lopt_trace.tune.bundle_best` stored with it), or ``"no curve"`` for an entry
+    bundled before tuning curves were recorded. Empty when no entry is tuned."""
+    tuned = [e.label for e in entries if e.source == "tuned"]
+    if not tuned:
+        return {}
+    data, _ = tuned_entries(task, tuned_file)
+    out = {}
+    for label in tuned:
+        curve = (data.get(label) or {}).get("tuning_curve")
+        out[label] = "no curve" if not curve else ("plateaued" if curve["plateaued"] else "not plateaued")
+    return out
+
+
+def tune_stores(task: str, entries: list[Entry], tuned_file: str | os.PathLike | None = None,
+                stores: list[str] | None = None) -> tuple[dict[str, xr.Dataset], list[str]]:
+    """The tuning datasets of the tuned baselines among ``entries``, ``{label: Dataset}``, and notes.
+
+    From ``stores`` (tune stores) when given, else from the store each bundled entry names (its
+    ``store``, relative to the working folder or the repository root). A dataset is used only when
+    it is the search that chose the bundled θ (same samples, problems and creation time); a
+    missing store is a note, not an error.
+    """
+    from lopt_trace.tune import read_tune_store
+
+    tuned = [e.label for e in entries if e.source == "tuned"]
+    data, path = tuned_entries(task, tuned_file)
+    found, notes = {}, []
+    if stores:
+        for store in stores:
+            for name, ds in read_tune_store(store).items():
+                if name in tuned and name not in found:
+                    found[name] = ds
+        return found, notes
+    root = path.resolve().parent.parent.parent  # data/tuned/<task>.json -> the repository
+    cache: dict[str, dict] = {}
+    for label in tuned:
+        entry = data.get(label) or {}
+        if "store" not in entry:
+            continue
+        where = next((p for p in (Path(entry["store"]), root / entry["store"]) if p.exists()), None)
+        if where is None:
+            notes.append(f"tune store {entry['store']} of {label} is not here; no tuning curve for it")
+            continue
+        if str(where) not in cache:
+            cache[str(where)] = read_tune_store(where)
+        ds = cache[str(where)].get(label)
+        if ds is None or any(ds.attrs.get(k) != entry.get(k) for k in ("samples", "problems", "created")):
+            notes.append(f"{where} holds another {label} search than the one bundled; no tuning curve for it")
+            continue
+        found[label] = ds
+    return found, notes
 
 
 def margins(summary: xr.Dataset, reference: str = "learned", dim: str = "optimizer") -> dict[str, float]:
@@ -307,6 +380,33 @@ def figure(curves: xr.Dataset, title: str | None = None):
     title = title or (f"{curves.attrs.get('task', '')}: training loss, mean ± sem over {n} "
                       f"held-out problems")
     return hv.Overlay(layers).opts(logy=True, title=title, xlabel="step k", ylabel="loss f(x_k)",
+                                   legend_position="top_right", width=720, height=440)
+
+
+def tuning_figure(curves: dict[str, xr.Dataset], title: str | None = None):
+    """Tuning curves: for each baseline the median best-so-far mean objective against the number
+    of candidates, with the 5–95 % band over random candidate orders, log x and log y (a
+    HoloViews overlay, bokeh). ``curves`` maps labels to :func:`lopt_trace.tune.tuning_curve`
+    results; a curve without a plateau is labelled so in the legend."""
+    import holoviews as hv
+    import holoviews.plotting.bokeh
+
+    layers = []
+    for i, (label, c) in enumerate(curves.items()):
+        colour = COLOURS.get(label, _EXTRA[i % len(_EXTRA)])
+        n = c["candidates"].values
+        clean = {k: np.where(np.isfinite(c[k].values), c[k].values, np.nan) for k in ("low", "median", "high")}
+        name = label if c.attrs["plateaued"] else f"{label} (not plateaued)"
+        layers.append(hv.Area((n, clean["low"], clean["high"]), kdims=["candidates"],
+                              vdims=["best", "best_hi"], label=name)
+                      .opts(color=colour, alpha=0.2, line_alpha=0))
+        layers.append(hv.Curve((n, clean["median"]), kdims=["candidates"], vdims=["best"], label=name)
+                      .opts(color=colour, line_width=2))
+    first = next(iter(curves.values()))
+    title = title or (f"{first.attrs.get('task', '')}: tuning curves (median, 5–95 % over "
+                      f"{first.attrs['permutations']} candidate orders)")
+    return hv.Overlay(layers).opts(logx=True, logy=True, title=title, xlabel="candidates evaluated",
+                                   ylabel="best mean objective so far", toolbar=None,
                                    legend_position="top_right", width=720, height=440)
 
 

@@ -19,8 +19,11 @@ from lopt_trace.errors import UserError
 _PACKAGE = Path(__file__).resolve().parent
 PREFIX = "lopt_trace.recipes"
 #: the recipes in the paper's order, then the ones beyond the paper (``analyze all`` runs them in
-#: this order)
-ORDER = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence")
+#: this order, leaving out :data:`ON_DEMAND`)
+ORDER = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence", "distill")
+#: recipes that ``analyze all`` leaves out: they run new optimization problems instead of analysing
+#: the recording, and read the other recipes' results (``lopt-trace distill STORE``)
+ON_DEMAND = ("distill",)
 
 
 def recipes_dir() -> Path:
@@ -35,6 +38,11 @@ def available() -> list[str]:
     """Names of the recipes, paper order first, then any others alphabetically."""
     names = {p.stem for p in recipes_dir().glob("*.py") if not p.stem.startswith("_")}
     return [n for n in ORDER if n in names] + sorted(names - set(ORDER))
+
+
+def for_all() -> list[str]:
+    """The recipes ``lopt-trace analyze all`` runs: :func:`available` without :data:`ON_DEMAND`."""
+    return [n for n in available() if n not in ON_DEMAND]
 
 
 def _parent() -> types.ModuleType:
@@ -79,4 +87,4 @@ def load(name: str) -> types.ModuleType:
     return module
 
 
-__all__ = ["ORDER", "available", "load", "recipes_dir"]
+__all__ = ["ON_DEMAND", "ORDER", "available", "for_all", "load", "recipes_dir"]

@@ -1,5 +1,6 @@
-"""A self-contained HTML report of a store: analogues of Figs. 1 and 3–7 of the paper, and Fig. 8
-(the mechanisms along the meta-training history), each with its caption and key numbers
+"""A self-contained HTML report of a store: analogues of Figs. 1 and 3–7 of the paper, Fig. 8
+(the mechanisms along the meta-training history) and Fig. 9 (distillation: how much of the learned
+optimizer the mechanisms explain), each with its caption and key numbers
 (``lopt-trace report STORE --out report.html [--png DIR]``).
 
 The figures are drawn from the store's ``/analysis/<recipe>`` results (computed and written first
@@ -353,9 +354,48 @@ def figure_8(view: StoreView) -> Figure:
     return fig
 
 
-FIGURES = (figure_1, figure_3, figure_4, figure_5, figure_6, figure_7, figure_8)
+def figure_9(view: StoreView) -> Figure:
+    from lopt_trace.dashboard import distill
+
+    fig = Figure("fig9", "Figure 9 · Distillation", "distill",
+                 "Do the mechanisms found explain the learned optimizer? (not in the paper). An "
+                 "optimizer built from the store's analyses (heavy-ball momentum fitted to the "
+                 "linearised response, the autonomous schedule, a tanh clip at the measured "
+                 "saturation threshold, the adaptation curve over a slow mean gradient), the "
+                 "analysed optimizer and tuned momentum ran on the same held-out problems. (a) "
+                 "The fraction of the analysed optimizer's advantage over tuned momentum (in the "
+                 "meta-objective mean_k f_k/f_0) that the distilled optimizer recovers, and the "
+                 "same with each mechanism removed, with the paired bootstrap's 95% interval; "
+                 "dashed lines at 100% (the learned optimizer) and 0% (tuned momentum). (b) What "
+                 "each mechanism carries: the drop when it is removed. (c) Mean loss curves. "
+                 "(d–f) The distilled optimizer's schedule, clip and adaptation curve.")
+    ds = view.analysis(fig.recipe)
+    if ds is None:
+        from lopt_trace import recipes_loader
+
+        reason = recipes_loader.load("distill").not_applicable(view.tree)
+        fig.problem = (f"{reason}." if reason else
+                       f"no /analysis/distill; run `{view.command('distill')}`")
+        return fig
+    fig.plot = hv().Layout([distill.fraction_plot(ds, "(a) recovered fraction of the advantage"),
+                            distill.carried_plot(ds, "(b) carried by each mechanism"),
+                            distill.loss_plot(ds, "(c) mean training loss on the held-out problems"),
+                            *distill.parts_plots(ds)]).cols(2).opts(shared_axes=False)
+    a = ds.attrs
+    fig.summary = _summary("distill", ds)
+    mo = dict(a.get("meta_objective") or {})
+    fig.numbers = [("optimizer", str(a.get("optimizer"))), ("held-out problems", str(a.get("problems"))),
+                   ("meta-objective: learned, distilled, tuned momentum",
+                    ", ".join(_fmt(mo.get(k)) for k in ("learned", "distilled", "tuned_momentum"))),
+                   ("recovered (95% interval)", f"{_fmt(100 * a.get('recovered', np.nan))}% "
+                    f"({_fmt(100 * a.get('recovered_low', np.nan))}% to {_fmt(100 * a.get('recovered_high', np.nan))}%)")]
+    fig.numbers += [(f"carried by {k}", f"{_fmt(100 * v)}%") for k, v in dict(a.get("carried") or {}).items()]
+    return fig
+
+
+FIGURES = (figure_1, figure_3, figure_4, figure_5, figure_6, figure_7, figure_8, figure_9)
 #: recipe behind each figure, in order
-RECIPES = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence")
+RECIPES = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence", "distill")
 
 
 def _not_applicable(view: StoreView, recipe: str) -> str | None:
@@ -370,9 +410,12 @@ def collect(view: StoreView, compute: bool = True, progress: bool = False) -> li
     """Compute missing analyses (when ``compute``), then draw every figure."""
     from tqdm.auto import tqdm
 
+    from lopt_trace.recipes_loader import ON_DEMAND
+
     problems = {}
-    if compute and view.writable:
-        missing = [r for r in RECIPES if view.analysis(r) is None and not _not_applicable(view, r)]
+    if compute and view.writable:  # not distill: it runs new problems (`lopt-trace distill`)
+        missing = [r for r in RECIPES if view.analysis(r) is None and r not in ON_DEMAND
+                   and not _not_applicable(view, r)]
         for recipe in tqdm(missing, desc="analyses", disable=not progress):
             try:
                 with warnings.catch_warnings():

@@ -13,8 +13,10 @@ then::
         --store mnist=stores/mnist.zarr [--optimizer learned] > docs/findings.md
 
 A store can be given as TASK=PATH or TASK=PATH:GROUP to read another optimizer group (for example
-``two_moons=stores/two_moons.zarr:learned-warm``). The script only reads stores; it needs xarray
-and zarr, not lopt-trace.
+``two_moons=stores/two_moons.zarr:learned-warm``). ``--distill LABEL=PATH`` (repeatable) appends the
+distillation section (``scripts/distill_table.py``) for stores that hold ``/analysis/distill``
+(``lopt-trace distill STORE``). The script only reads stores; it needs xarray and zarr, not
+lopt-trace.
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", action="append", required=True, metavar="TASK=PATH[:GROUP]")
     p.add_argument("--optimizer", default="learned", help="default optimizer group (default learned)")
+    p.add_argument("--distill", action="append", default=[], metavar="LABEL=PATH",
+                   help="a store with /analysis/distill for the distillation section (repeatable)")
     a = p.parse_args(argv)
     out = [
         "# What the learned optimizers learned",
@@ -250,6 +254,10 @@ def main(argv=None) -> int:
         for name, (verdict, text) in rows.items():
             out.append(f"| {name} | {verdict} | {text} | {PAPER[name]} |")
         out.append("")
+    if a.distill:
+        from distill_table import section
+
+        out.append(section(a.distill))
     print("\n".join(out))
     return 0
 

@@ -32,6 +32,7 @@ CHEAP = {
     "adaptation": {"num": 11, "max_iter": 60},
     "layers": {},
     "emergence": {"n_starts": 8, "num": 5, "clip_num": 201},
+    "distill": {"problems": 4, "bootstrap": 100},
 }
 
 _TMP = None

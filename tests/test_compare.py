@@ -194,3 +194,26 @@ def test_cli_missing_explicit_learned_exits_2(tmp_path, tuned_file, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no optimizer file" in err and err.count("\n") == 1
+
+
+def test_cli_compare_shows_tuning_curves_and_plateau_verdicts(tmp_path, capsys):
+    from lopt_trace.tune import bundle_best, tune_to_store
+
+    task = get_task("linear_regression", steps=STEPS)
+    store, tuned = tmp_path / "lr-tune.zarr", tmp_path / "tuned.json"
+    outcome = tune_to_store(task, ["sgd"], store, samples=8, problems=2, validation_problems=2,
+                            progress=False)
+    data = bundle_best(outcome.results, tuned, store=store)
+    assert data["optimizers"]["sgd"]["store"] == str(store)
+    data["optimizers"]["sgd"]["tuning_curve"]["plateaued"] = False  # as a search that did not flatten
+    data["optimizers"]["momentum"] = TUNED["optimizers"]["momentum"]  # bundled before tuning curves
+    tuned.write_text(json.dumps(data))
+    plot = tmp_path / "fig.html"
+    argv = ["compare", "--task", "linear_regression", "--seeds", "3", "--steps", str(STEPS),
+            "--optimizer", "sgd", "momentum", "--tuned", str(tuned), "--out", str(plot), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0].rstrip("*"): line for line in out.splitlines() if line.startswith(("sgd", "momentum"))}
+    assert rows["sgd"].endswith(" not plateaued") and rows["momentum"].endswith(" no curve")
+    html = plot.read_text()
+    assert "tuning curves" in html and "sgd (not plateaued)" in html

@@ -261,9 +261,9 @@ def test_report_has_every_figure_inlined(full):
     out = f"{tmpdir()}/report.html"
     res = write_report(full.path, out, compute=False, overwrite=True)
     page = open(out, encoding="utf-8").read()
-    assert [f.key for f in res.figures] == ["fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8"]
+    assert [f.key for f in res.figures] == ["fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"]
     assert all(f.ok for f in res.figures), [f.problem for f in res.figures]
-    assert len(re.findall(r"data-figure='fig\d' data-ok='true'", page)) == 7
+    assert len(re.findall(r"data-figure='fig\d' data-ok='true'", page)) == 8
     assert not re.search(r"<script[^>]+src=['\"]https?:", page)  # Bokeh inlined: opens offline
     assert "Bokeh" in page and res.size > 500_000
     mom = full.analysis("momentum").attrs

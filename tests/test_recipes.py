@@ -43,7 +43,7 @@ def test_loader_prefers_the_installed_copy(tmp_path, monkeypatch):
         "def plot(ds):\n    return None\ndef run(store):\n    return None\n")
     monkeypatch.setattr(recipes_loader, "_PACKAGE", pkg)
     assert recipes_loader.recipes_dir() == pkg / "recipes"
-    assert recipes_loader.available() == RECIPES + ["emergence", "extra"]
+    assert recipes_loader.available() == RECIPES + ["emergence", "distill", "extra"]
     monkeypatch.delitem(sys.modules, "lopt_trace.recipes", raising=False)
     mod = recipes_loader.load("extra")
     try:

@@ -25,6 +25,7 @@ from lopt_trace.tune import (
     evaluate,
     sample_candidates,
     sample_problems,
+    selected_config,
     tune,
     tune_tree,
     tuning_seeds,
@@ -159,11 +160,22 @@ def test_sampling_is_log_uniform_and_complement_for_decays():
 
 
 def test_tuning_seeds_are_training_seeds_disjoint_from_test_and_metatraining():
-    seeds = tuning_seeds(64)
-    assert np.all(seeds < seedlib.TEST_SEED_START)
-    assert not set(seeds) & set(seedlib.test_seeds(0, 10_000))
-    metatrain = np.concatenate([seedlib.train_seeds(0, i, 8) for i in range(20_000)])
-    assert not set(seeds) & set(metatrain)
+    from lopt_trace.metatrain import VALIDATION_SEED_BASE
+    from lopt_trace.tune import validation_seeds
+
+    metatrain = set(np.concatenate([seedlib.train_seeds(0, i, 8) for i in range(20_000)]))
+    test = set(seedlib.test_seeds(0, 10_000))
+    for n in (1, 4, 8, 16, 64, 256, 2048):  # the start of a range depends on its length
+        seeds, valid = set(tuning_seeds(n)), set(validation_seeds(n))
+        others = set(seedlib.train_seeds(VALIDATION_SEED_BASE, 0, n))  # meta-training's validation
+        assert max(seeds | valid | others) < seedlib.TEST_SEED_START
+        for a, b in ((seeds, valid), (seeds, others), (valid, others)):
+            assert not a & b
+        for s in (seeds, valid):
+            assert not s & test and not s & metatrain
+        # and no length of one range reaches another: they lie far apart
+        for m in (1, 16, 2048):
+            assert not set(tuning_seeds(m)) & valid and not set(validation_seeds(m)) & seeds
 
 
 def test_dataset_store_and_bundle(tmp_path):
@@ -197,10 +209,12 @@ def test_dataset_store_and_bundle(tmp_path):
     data = json.loads(path.read_text())
     assert set(data["optimizers"]) == {"sgd", "adam"}  # merged, adam kept
     assert data["optimizers"]["adam"]["theta"]["learning_rate"] == 0.5
-    best = best_config(results["sgd"])
+    best = selected_config(results["sgd"])  # the near-tie rule's choice, not just the lowest mean
     assert data["optimizers"]["sgd"]["theta"] == best["theta"]
     assert data["optimizers"]["sgd"]["objective"] == pytest.approx(
-        float(results["sgd"]["mean_objective"].min()))
+        float(results["sgd"]["mean_objective"][best["sample"]]))
+    assert data["optimizers"]["sgd"]["selection"]["sample"] == results["sgd"].attrs["selected_sample"]
+    assert "validation" not in data["optimizers"]["sgd"]  # tune() validates only when asked
     assert data["optimizers"]["sgd"]["samples"] == 12 and data["optimizers"]["sgd"]["problems"] == 3
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"task": "rosenbrock", "optimizers": {}}))
@@ -230,7 +244,8 @@ def test_cli_tune_writes_store_and_bundle(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "momentum: best learning_rate=" in text and "candidates/s" in text
     tree = xr.open_datatree(out, engine="zarr")
-    assert dict(tree["tune/momentum"].to_dataset().sizes) == {"sample": 16, "problem": 2}
+    assert dict(tree["tune/momentum"].to_dataset().sizes) == {
+        "sample": 16, "problem": 2, "choice": 2, "validation_problem": 16}  # default validation
     assert json.loads(bundle.read_text())["optimizers"]["momentum"]["samples"] == 16
     # an existing output is refused before any work, in one line
     assert main(argv) == 2

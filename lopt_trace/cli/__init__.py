@@ -19,6 +19,7 @@ COMMANDS = {
     "tune": "tune",
     "compare": "compare",
     "analyze": "analyze",
+    "distill": "distill",
 }
 
 

@@ -18,13 +18,15 @@ def _param(text: str):
 
 
 def add_parser(sub, name):
-    from lopt_trace.recipes_loader import ORDER
+    from lopt_trace.recipes_loader import ON_DEMAND, ORDER
 
     p = sub.add_parser(
         name, help="analyse a store with a recipe (momentum, clipping, ...) or all of them",
         description="Run an analysis recipe on a recorded store, write its result into the store "
                     "under /analysis/<recipe> (replacing an earlier one) and print a one-line "
-                    f"summary. Recipes: {', '.join(ORDER)}, or 'all'. See docs/analysis.md.")
+                    f"summary. Recipes: {', '.join(ORDER)}, or 'all' (every recipe but "
+                    f"{', '.join(ON_DEMAND)}, which runs new problems: `lopt-trace distill`). See "
+                    "docs/analysis.md.")
     p.add_argument("recipe", metavar="RECIPE", help="recipe name, or 'all'")
     p.add_argument("store", metavar="STORE", help="path or URL of a store from `lopt-trace record`")
     p.add_argument("--optimizer", default=None,
@@ -111,7 +113,7 @@ def run(args) -> int:
     from lopt_trace.analysis import open_for_analysis
     from lopt_trace.errors import UserError
 
-    names = recipes_loader.available() if args.recipe == "all" else [args.recipe]
+    names = recipes_loader.for_all() if args.recipe == "all" else [args.recipe]
     modules = [recipes_loader.load(n) for n in names]
     params = dict(args.params)
     for key in params:

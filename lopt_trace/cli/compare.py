@@ -21,7 +21,9 @@ def add_parser(sub, name):
         name, help="compare the learned optimizer with the tuned baselines on held-out problems",
         description="Run the bundled learned optimizer and the tuned baselines (data/tuned) on "
                     "held-out problems, print meta-objective and final loss (mean ± sem) per "
-                    "optimizer, and write the Fig. 1 plot (loss curves, mean ± sem, log y) as HTML.")
+                    "optimizer (and whether each tuned baseline's tuning curve reached a plateau), "
+                    "and write the Fig. 1 plot (loss curves, mean ± sem, log y), with the baselines' "
+                    "tuning curves when their tune stores are available, as HTML.")
     p.add_argument("--task", required=True, type=task_name, help="task name (see `lopt-trace tasks`)")
     p.add_argument("--seeds", type=positive_int, default=64, help="held-out problems (default 64)")
     p.add_argument("--seed-base", type=nonnegative_int, default=0,
@@ -42,6 +44,9 @@ def add_parser(sub, name):
                    help="plot file, .html (default ./<task>-compare.html; a .png is added when "
                         "bokeh can export one)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.add_argument("--tune-store", nargs="+", default=None, metavar="ZARR",
+                   help="tune stores (lopt-trace tune) whose tuning curves the plot shows under Fig. 1 "
+                        "(default: the store each tuned entry was bundled from, where it exists)")
     p.add_argument("--save", default=None, metavar="ZARR", type=output_path,
                    help="also write the curves and the table to this Zarr store")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plot or --save store")
@@ -63,7 +68,11 @@ def run(args) -> int:
         paired_margins,
         resolve,
         save_figure,
+        tune_stores,
+        tuning_figure,
+        tuning_status,
     )
+    from lopt_trace.tune import tuning_curve
     from lopt_trace.errors import UserError
     from lopt_trace.provenance import command_line, utc_now, versions
     from lopt_trace.tasks import get_task
@@ -92,7 +101,8 @@ def run(args) -> int:
         print(f"note: {note}")
     curves, summary = compare(task, entries, args.seeds, args.seed_base, progress=not args.no_progress)
     print(f"{args.task}: {task.default_steps} steps, held-out seeds {int(curves.run[0])}..{int(curves.run[-1])}")
-    print(format_table(summary))
+    tuning = tuning_status(args.task, entries, args.tuned)
+    print(format_table(summary, tuning=tuning))
     if "learned" in [e.label for e in entries]:
         for kind, gaps in (("combined sem of the two means", margins(summary)),
                            ("sem of the per-problem differences (paired)", paired_margins(curves["loss"]))):
@@ -102,7 +112,15 @@ def run(args) -> int:
                 verdict = "beats" if all(v > 2 for v in gaps.values()) else "does NOT beat"
                 print(f"(baseline − learned) / {kind}: {text} -> learned {verdict} every baseline by > 2")
     if plot is not None:
-        written, note = save_figure(figure(curves), plot, title=f"lopt-trace compare {args.task}")
+        fig = figure(curves)
+        searches, tune_notes = tune_stores(args.task, entries, args.tuned, args.tune_store)
+        for note in tune_notes:
+            print(f"note: {note}")
+        if searches:
+            import holoviews as hv
+
+            fig = hv.Layout([fig, tuning_figure({k: tuning_curve(ds) for k, ds in searches.items()})]).cols(1)
+        written, note = save_figure(fig, plot, title=f"lopt-trace compare {args.task}")
         print("wrote " + ", ".join(str(p) for p in written))
         if note:
             print(f"note: {note}")
@@ -111,7 +129,8 @@ def run(args) -> int:
                  "command": command_line(), "versions": versions(),
                  "seeds": [int(s) for s in curves.run.values],
                  "optimizers": [e.label for e in entries],
-                 "optimizer_configs": {e.label: e.optimizer.config() for e in entries}}
+                 "optimizer_configs": {e.label: e.optimizer.config() for e in entries},
+                 "tuning": tuning}
         tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), "/curves": curves,
                                       "/summary": summary})
         write_tree(tree, args.save, overwrite=args.overwrite)

@@ -10,6 +10,8 @@ Each tab lives in its own module, with plain functions that turn store data into
   linear_dynamics   Jacobian eigenvalues at the fixed points; α_i against β_i
   gradients         gradient-magnitude histograms with the saturation threshold
   emergence         the meta-objective and each mechanism's strength over meta-training
+  distill           how much of the learned optimizer an optimizer built from the mechanisms
+                    recovers, with each mechanism removed in turn
 """
 
 from lopt_trace.dashboard.data import StoreView

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from lopt_trace.dashboard import emergence, gradients, linear_dynamics, overview, state_space, update_functions
+from lopt_trace.dashboard import (distill, emergence, gradients, linear_dynamics, overview, state_space,
+                                  update_functions)
 from lopt_trace.dashboard._common import notice, pn
 from lopt_trace.dashboard.data import StoreView
 
@@ -21,6 +22,7 @@ TABS = (
     ("Linear dynamics", linear_dynamics.build),
     ("Gradients", gradients.build),
     ("Emergence", emergence.build),
+    ("Distillation", distill.build),
 )
 
 CSS = """

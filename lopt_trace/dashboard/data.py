@@ -26,6 +26,7 @@ RECIPE_ROLES = {
     "adaptation": "fixed points along the g* sweep: the S-curve (Fig. 6)",
     "layers": "per-tensor trajectories and gradient histograms (Fig. 7)",
     "emergence": "every mechanism at every θ checkpoint of the meta-training history (Fig. 8)",
+    "distill": "an optimizer built from the mechanisms found, against the learned one and tuned momentum (Fig. 9)",
 }
 
 
@@ -165,8 +166,13 @@ class StoreView:
         return os.access(Path(self.path.removeprefix("file://")), os.W_OK)
 
     def command(self, recipe: str, optimizer: str | None = None) -> str:
-        """The command that computes ``recipe`` for this store."""
+        """The command that computes ``recipe`` for this store (``lopt-trace distill`` for the
+        recipes ``analyze all`` leaves out)."""
+        from lopt_trace.recipes_loader import ON_DEMAND
+
         opt = f" --optimizer {optimizer}" if optimizer and recipe != "performance" else ""
+        if recipe in ON_DEMAND:
+            return f"lopt-trace {recipe} {self.path or 'STORE'}{opt}"
         return f"lopt-trace analyze {recipe} {self.path or 'STORE'}{opt}"
 
     def compute(self, recipe: str, optimizer: str | None = None, **params) -> xr.Dataset:
