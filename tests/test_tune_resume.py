@@ -48,7 +48,8 @@ def counted(monkeypatch):
 
         return counting
 
-    monkeypatch.setattr(tunelib, "make_evaluator", make)
+    for module in (tunelib.scoring, tunelib.search, tunelib.selection):  # every caller
+        monkeypatch.setattr(module, "make_evaluator", make)
     return calls
 
 
