@@ -127,6 +127,9 @@ def run(args) -> int:
     cfg.validate()  # before the task's data or a warm-start search
     task = get_task(args.task)
     out = args.out or f"{args.task}-learned.zarr"
+    from lopt_trace import train_memory
+
+    train_memory.check_fits(task, LearnedGRU(units=args.units, input_norm=args.input_norm), cfg)
     theta0 = warm = None
     if args.warm_start:
         opt, theta0, warm = _warm_start(args, task, out)
