@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
@@ -12,7 +11,8 @@ from lopt_trace import seeds as seedlib
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer
 from lopt_trace.tasks.base import Task
-from lopt_trace.tune.scoring import make_evaluator, sample_problems
+from lopt_trace.tune.scoring import (default_batch, equal_batches, evaluate_batches, make_evaluator,
+                                     sample_problems)
 from lopt_trace.tune.space import OBJECTIVES
 
 #: base of the training-range seeds of the validation problems that score the selected candidate
@@ -106,23 +106,46 @@ def _theta_names(ds: xr.Dataset) -> list[str]:
     return [*ds.attrs.get("search_space", {}), *ds.attrs.get("fixed", {})]
 
 
+#: at most this many near-tied candidates are validated (the steadiest first)
+MAX_VALIDATED = 64
+
+
 def with_validation(task: Task, optimizer: ComponentwiseOptimizer, ds: xr.Dataset, problems: int,
                     seed_base: int = TUNE_VALIDATION_SEED_BASE) -> xr.Dataset:
-    """``ds`` (with a selection) plus the objective of the selected and the lowest-mean candidates
-    on ``problems`` validation problems (:func:`validation_seeds`), same horizon and objective:
-    ``validation_objective (choice, validation_problem)`` with ``choice`` = selected,
+    """``ds`` (with a selection) scored on ``problems`` validation problems
+    (:func:`validation_seeds`), same horizon and objective.
+
+    The near-tied candidates (at most :data:`MAX_VALIDATED`, steadiest first) and the lowest-mean
+    one are run there. If the selected candidate diverges on a validation problem (a step size at
+    the edge of stability for problems it was not tuned on), the selection moves to the steadiest
+    tied candidate that diverges on none, else to the lowest mean; ``selected_by`` says so.
+    Adds ``validation_objective (choice, validation_problem)`` with ``choice`` = selected,
     lowest_mean, and attributes ``validation_mean``, ``validation_sem`` (of the selected one),
-    ``validation_problems`` and ``validation_seed_base``."""
+    ``validation_problems``, ``validation_seed_base`` and ``validated_count``."""
     seeds = validation_seeds(problems, seed_base)
     if np.any(seeds >= seedlib.TEST_SEED_START):
         raise UserError("validation seeds must lie in the training range")
-    rows = [int(ds.attrs["selected_sample"]), int(ds.attrs["best_sample"])]
-    unique = sorted(set(rows))
+    selected, best = int(ds.attrs["selected_sample"]), int(ds.attrs["best_sample"])
+    tied = np.flatnonzero(ds["tied"].values) if "tied" in ds else np.array([selected])
+    spread = ds["objective_std"].values[tied] if "objective_std" in ds else np.zeros(len(tied))
+    order = [int(i) for i in tied[np.lexsort((tied, np.nan_to_num(spread, nan=0.0)))]][:MAX_VALIDATED]
+    unique = sorted({selected, best, *order})
     fn = make_evaluator(task, optimizer, int(ds.attrs["steps"]), ds.attrs.get("objective", "meta"))
-    scores = np.asarray(fn({k: jnp.asarray(v) for k, v in _theta_rows(ds, unique).items()},
-                           sample_problems(task, seeds)))
-    per_choice = scores[[unique.index(r) for r in rows]]
+    batch, _ = equal_batches(len(unique), default_batch(task, problems, len(unique)))
+    scores = np.concatenate([s for *_, s, _ in evaluate_batches(fn, _theta_rows(ds, unique),
+                                                                sample_problems(task, seeds), batch)])
+    stable = {r: bool(np.all(np.isfinite(scores[unique.index(r)]))) for r in unique}
     ds = ds.copy()
+    if not stable[selected]:
+        fallback = next((r for r in order if stable[r]), best if stable[best] else selected)
+        if fallback != selected:
+            ds.attrs["selected_sample"] = int(fallback)
+            ds.attrs["selected_by"] = (f"{ds.attrs['selected_by']}; candidate {selected} diverged on a "
+                                       "validation problem, so the next "
+                                       + ("steadiest near-tie" if fallback in order else "lowest mean"))
+            selected = int(fallback)
+    rows = [selected, best]
+    per_choice = scores[[unique.index(r) for r in rows]]
     ds = ds.assign_coords(
         choice=("choice", np.array(["selected", "lowest_mean"], dtype=object),
                 {"long_name": "which candidate: the selected one or the lowest mean"}),
@@ -132,7 +155,7 @@ def with_validation(task: Task, optimizer: ComponentwiseOptimizer, ds: xr.Datase
         "long_name": f"{OBJECTIVES[ds.attrs.get('objective', 'meta')]} on validation problems",
         "units": "1"})
     mean, sem = mean_sem(per_choice[0])
-    ds.attrs.update({"validation_mean": mean, "validation_sem": sem,
+    ds.attrs.update({"validation_mean": mean, "validation_sem": sem, "validated_count": len(unique),
                      "validation_problems": int(problems), "validation_seed_base": int(seed_base)})
     return ds
 
