@@ -25,6 +25,7 @@ def _wrap(text: str) -> str:
 
 def add_parser(sub, name):
     from lopt_trace.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
+    from lopt_trace.doc_numbers import record_cost_text
 
     p = sub.add_parser(
         name, help="record optimizer dynamics on held-out test problems into a Zarr store",
@@ -33,14 +34,7 @@ def add_parser(sub, name):
             "Run held-out test problems with one or more optimizers and stream each optimizer's "
             "state, gradient, update and loss, per parameter, tensor and step, into one Zarr store "
             "(an xarray DataTree; schema in docs/store.md).\n\n"
-            "What the defaults cost: 4 runs x the task's steps (200 for mnist), 64 parameters kept "
-            "per tensor (314 of MNIST's 82,250), every step kept, float32. On MNIST that is 3-5 MB "
-            "per baseline, about 35 MB for a 32-unit learned optimizer and about 270 MB at 256 units "
-            "(uncompressed); `lopt-trace record --task mnist` (bundled learned optimizer + 4 "
-            "baselines) took under 5 minutes on 2 CPU cores, wrote 22 MB and peaked at 1.4 GB of "
-            "memory (the four baselines alone: under 3 minutes, 13 MB). Per-tensor means and |g| histograms are always exact over all parameters. "
-            "--params all on MNIST costs 82,250 x (2 + units) x 4 bytes per step and run (about "
-            "84 MB per step at 256 units); --every E and --dtype float16 shrink that."),
+            + record_cost_text()),
         epilog="Examples:\n"
                "  lopt-trace record --task mnist\n"
                "  lopt-trace record --task two_moons --optimizer adam --optimizer my-opt.zarr --runs 8\n"
