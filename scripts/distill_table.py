@@ -24,6 +24,8 @@ import numpy as np
 import xarray as xr
 
 MECHANISMS = ("momentum", "schedule", "clipping", "adaptation", "normalization")
+#: a momentum fit error above this means the distilled optimizer's memory is not the group's
+FIT_OK = 0.10
 
 EXPLANATION = (
     "For each store, `lopt-trace distill` built a small optimizer from the store's "
@@ -74,6 +76,11 @@ def reading(a: dict, z: float) -> str:
     else:
         verdict = ("not explained: the distilled optimizer is worse than tuned momentum, so what the "
                    "four analyses describe is not what makes this optimizer work")
+    fit = float(dict(a["distilled"]).get("momentum_fit_error", 0.0))
+    if fit > FIT_OK:
+        verdict += (f"; but the one-mode momentum fit to the linearised impulse response is poor "
+                    f"({100 * fit:.0f}% error, above {100 * FIT_OK:.0f}%), so the distilled optimizer is not a "
+                    "faithful summary of this optimizer's memory and the fraction does not test the mechanisms")
     if str(a["optimizer"]).endswith("-warm"):
         verdict += ("; warm-started from soft-sign momentum (momentum, a tanh clip), so its mechanisms "
                     "were built in and near 100% is the tool working" if lo <= 1 <= hi or rec > 0.8 else
