@@ -2,7 +2,7 @@
 # Reproduce the bundled learned optimizers in data/optimizers/ from scratch (see docs/bundled.md).
 #
 # Usage: scripts/train_bundled.sh [NAME ...]     (default: the four `learned` ones; OUT=dir to write elsewhere)
-# NAME: linear_regression rosenbrock two_moons mnist two_moons-warm mnist-warm two_moons-bptt
+# NAME: linear_regression rosenbrock two_moons mnist two_moons-warm mnist-warm two_moons-bptt mnist-pes
 # Each command is exactly the one used for the bundled file; its settings are also stored in the
 # file itself (attrs "metatrain"), so `lopt-trace info` / xarray show them.
 set -euo pipefail
@@ -41,6 +41,13 @@ for task in "${tasks[@]}"; do
       lopt-trace train --task mnist --estimator bptt --units 32 --iterations 200 --batch 4 --truncation 20 \
         --first-order --lr 1e-3 --input-scale 100 --output-scale 0.01 --validation 4 \
         --checkpoint-every 5 --out training/mnist-scratch.zarr ;;
+    mnist-pes)  # issue #11: PES from random weights on raw gradients; continues across sessions (resumes
+                # when its checkpoint exists; TIME_BUDGET bounds one piece, default 2h40m)
+      resume=(); [ -e training/mnist-pes.zarr.checkpoint ] && resume=(--resume)
+      nice -n 10 lopt-trace train --task mnist --estimator pes --pes-std 0.01 --pes-pairs 2 --units 32 \
+        --iterations 300 --batch 4 --truncation 20 --lr 3e-3 --input-scale 100 --output-scale 0.01 \
+        --validation 4 --checkpoint-every 5 --time-budget "${TIME_BUDGET:-2h40m}" "${resume[@]}" \
+        --out training/mnist-pes.zarr >> training/mnist-pes.log 2>&1 ;;
     mnist-warm)  # input-normalised, warm-started (`learned-warm`)
       lopt-trace train --task mnist --estimator bptt --units 16 --input-norm 0.9999 --iterations 100 --batch 2 \
         --truncation 20 --first-order --lr 5e-4 --validation 4 --warm-start sign-momentum \
