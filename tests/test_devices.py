@@ -77,3 +77,55 @@ def test_tuning_scores_on_two_devices_equal_one_device(tmp_path):
         assert a.shape == b.shape == ((7, 3) if not name.endswith("_one") else (1, 3))
         np.testing.assert_array_equal(a, b, err_msg=name)  # bit for bit
         assert np.all(np.isfinite(a)) and len(np.unique(a)) > 1, name
+
+
+METATRAIN = r'''
+import json, sys
+import jax, numpy as np
+from lopt_trace.metatrain import MetaTrainConfig, MetaTrainer
+from lopt_trace.optimizers import LearnedGRU
+from lopt_trace.tasks import get_task
+
+out = sys.argv[1]
+task = get_task("linear_regression", steps=10)
+results = {"devices": jax.device_count()}
+for estimator in ("bptt", "pes"):
+    cfg = MetaTrainConfig(iterations=3, batch=4, steps=10, truncation=5, estimator=estimator)
+    trainer = MetaTrainer(task, LearnedGRU(units=8), cfg)
+    state = trainer.init()
+    losses = []
+    for it in range(3):  # iteration 2 starts a fresh meta-batch
+        state, metrics = trainer.step(state, it)
+        losses.append(float(metrics["meta_loss"]))
+    results[estimator] = {"shards": trainer.shards, "losses": losses,
+                          "theta": {k: np.asarray(v).tolist() for k, v in state.theta.items()},
+                          "population_on": len(state.population.inner.x.sharding.device_set)}
+json.dump(results, open(out, "w"))
+'''
+
+
+def _run_script(script: str, devices: int, tmp_path, name: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "LOPT_TRACE_COMPILE_CACHE": "off",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    out = tmp_path / f"{name}-{devices}.json"
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow  # two fresh processes, each compiling backpropagation's and PES's steps
+def test_metatraining_on_two_devices_equals_one_device(tmp_path):
+    one = _run_script(METATRAIN, 1, tmp_path, "metatrain")
+    two = _run_script(METATRAIN, 2, tmp_path, "metatrain")
+    assert one["devices"] == 1 and two["devices"] == 2
+    for estimator in ("bptt", "pes"):
+        a, b = one[estimator], two[estimator]
+        assert a["shards"] == 1 and b["shards"] == 2
+        assert a["population_on"] == 1 and b["population_on"] == 2  # 2 problems per device
+        # the batch mean and the meta-gradient's sum over problems are reduced across devices,
+        # so the results agree to float32 round-off rather than bit for bit
+        np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-5, err_msg=estimator)
+        for k in a["theta"]:
+            np.testing.assert_allclose(a["theta"][k], b["theta"][k], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{estimator} {k}")
