@@ -145,6 +145,24 @@ def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
     return optax.apply_if_finite(inner, max_consecutive_errors=2**30)
 
 
+def problem_placement(batch: int, devices=None):
+    """``(replicated, split)`` shardings of meta-training on several JAX devices, or None.
+
+    ``devices`` defaults to every JAX device (``jax.devices()``). With more than one, and a
+    meta-batch that is a multiple of their number, the devices form a 1-D mesh ``problems``:
+    ``split`` divides an array's leading (problem) axis among them and ``replicated`` copies it
+    to each. Otherwise (one device, or a batch that does not divide) None: everything stays on
+    the default device, exactly as before there was sharding.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if len(devices) < 2 or int(batch) % len(devices):
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("problems",))
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("problems"))
+
+
 #: jitted steps by (task, optimizer, configuration): a trainer made again for the same run
 #: (``--resume`` in one process, tests) reuses them instead of compiling again
 _COMPILED: dict = {}
@@ -153,14 +171,17 @@ _COMPILED: dict = {}
 class MetaTrainer:
     """Builds the jitted pieces of meta-training for one task, optimizer and configuration."""
 
-    def __init__(self, task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig):
+    def __init__(self, task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, devices=None):
         self.task, self.opt, self.cfg = task, optimizer, cfg.resolved(task)
+        self._placement = problem_placement(self.cfg.batch, devices)
+        self.shards = 1 if self._placement is None else len(self._placement[0].mesh.devices.flat)
         self.tx = meta_optimizer(self.cfg)
         self.schedule = optax.exponential_decay(self.cfg.learning_rate, max(self.cfg.iterations, 1),
                                                 self.cfg.lr_final_fraction)
         self.segments = self.cfg.steps // self.cfg.truncation
         key = (type(task).__name__, json.dumps(task.config(), sort_keys=True),
-               type(optimizer).__name__, json.dumps(optimizer.config(), sort_keys=True), self.cfg)
+               type(optimizer).__name__, json.dumps(optimizer.config(), sort_keys=True), self.cfg,
+               self.shards)
         if key not in _COMPILED:  # trainers of one configuration share compiled steps (resume)
             while len(_COMPILED) >= 4:
                 _COMPILED.pop(next(iter(_COMPILED)))
@@ -245,10 +266,24 @@ class MetaTrainer:
                 theta, pop.inner)
         return TrainState(theta, self.tx.init(theta), pop, pes)
 
+    def place(self, state: TrainState) -> TrainState:
+        """``state`` on the devices: with several (:func:`problem_placement`), θ and the
+        meta-optimizer's state replicated and the meta-batch (population, PES particles) split
+        along its problem axis; the jitted step then runs each device's problems where they are.
+        Unchanged on one device; free when the state is already placed."""
+        if self._placement is None:
+            return state
+        replicated, split = self._placement
+        return TrainState(jax.device_put(state.theta, replicated),
+                          jax.device_put(state.opt_state, replicated),
+                          jax.device_put(state.population, split),
+                          None if state.pes is None else jax.device_put(state.pes, split))
+
     def step(self, state: TrainState, iteration: int) -> tuple[TrainState, dict]:
         """One meta-iteration (one truncation of the current meta-batch)."""
         if iteration % self.segments == 0 and iteration > 0:
             state = state._replace(population=self.sample_population(state.theta, iteration))
+        state = self.place(state)
         fn = self._step_fresh if iteration % self.segments == 0 else self._step_cont
         state, metrics = fn(state, jnp.asarray(iteration, jnp.int32))
         metrics = {k: np.asarray(v) for k, v in metrics.items()}

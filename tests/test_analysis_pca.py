@@ -82,3 +82,31 @@ def test_pca_streams_in_bounded_memory():
     assert out.attrs["n_samples"] == np.prod(shape[:-1])
     np.testing.assert_allclose(out["explained_variance"], 1.0, atol=0.01)
     assert peak < nbytes / 4, f"peak {peak / 1e6:.0f} MB for {nbytes / 1e6:.0f} MB of data"
+
+
+def test_pca_runs_blas_on_one_thread_and_restores_it():
+    """The moments' products run with one BLAS thread per Dask thread (no oversubscription), and
+    the caller's BLAS threads are as they were afterwards."""
+    threadpoolctl = __import__("pytest").importorskip("threadpoolctl")
+    import importlib
+
+    pca_mod = importlib.import_module("lopt_trace.analysis.pca")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+    original = pca_mod._block_moments
+
+    def spy(*args):
+        seen.append(blas_threads())
+        return original(*args)
+
+    pca_mod._block_moments = spy
+    try:
+        pca(_states()[0])
+    finally:
+        pca_mod._block_moments = original
+    assert seen and all(all(n == 1 for n in s) for s in seen)
+    assert blas_threads() == before

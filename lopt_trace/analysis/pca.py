@@ -32,6 +32,27 @@ def _sample_dims(states: xr.DataArray, sample_dims, unit: str) -> tuple[str, ...
 ROWS = 65536
 
 
+def one_blas_thread():
+    """A context in which NumPy's BLAS uses one thread (``threadpoolctl``; a no-op without it).
+
+    The moments' cost is one float64 ``y.T @ y`` per block, and Dask already runs one block per
+    core. Letting OpenBLAS start its own threads in every Dask thread as well oversubscribes the
+    cores: measured on 2 loaded cores, a 65536 × 256 product took 0.52 s with OpenBLAS's 2
+    threads against 0.16 s with one, and the streaming PCA of a 256-unit store ran at 0.11× the
+    rate of a plain Dask sum over the same array (``benchmarks/pca_stream.py``). Enter it around
+    the ``dask.compute`` of :func:`moments` (the limit is process-wide, so it is set once, from
+    the calling thread, not inside each task). ``dask.distributed``'s workers already start with
+    one BLAS thread each.
+    """
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _as_dask(states: xr.DataArray, dims: tuple[str, ...], unit: str):
     """The states as a Dask array with axes ``dims + (unit,)``, ``unit`` in one chunk."""
     data = states.transpose(*dims, unit).data
@@ -62,7 +83,7 @@ def moments(states: xr.DataArray, sample_dims=None, unit: str = UNIT) -> dict:
     of y = x − c over finite samples; c is one sample (it only improves the numerics). Each Dask
     block is reduced on its own (in float64, ``ROWS`` samples at a time) to 1 + d + d² numbers,
     which are then summed. Compute them together with other lazy results in one
-    ``dask.compute`` to share the pass over the data.
+    ``dask.compute`` to share the pass over the data, inside :func:`one_blas_thread`.
     """
     dims = _sample_dims(states, sample_dims, unit)
     shift = states.isel({d: 0 for d in dims}).astype(np.float64)
@@ -118,8 +139,9 @@ def pca_from_moments(m: dict, n_components: int | None = None, unit: str = UNIT)
 def pca(states: xr.DataArray, n_components: int | None = None, sample_dims=None,
         unit: str = UNIT) -> xr.Dataset:
     """PCA of the states over ``sample_dims`` (default: every dim but ``unit``), one pass."""
-    (m,) = dask.compute(moments(states, sample_dims, unit))
-    return pca_from_moments(m, n_components, unit)
+    with one_blas_thread():  # the eigendecomposition too: a 256 × 256 eigh is faster on one
+        (m,) = dask.compute(moments(states, sample_dims, unit))
+        return pca_from_moments(m, n_components, unit)
 
 
 def project(states: xr.DataArray, pcs: xr.Dataset, n_components: int | None = None,
@@ -191,10 +213,12 @@ def group_pca(tree: xr.DataTree, name: str, n_components: int | None = None):
     hit = _CACHE.get(key)
     if hit is None or hit[0]() is not tree:
         state = run_group(tree, name)["state"]
-        m, tv = dask.compute(moments(state), total_variance(state))
+        with one_blas_thread():
+            m, tv = dask.compute(moments(state), total_variance(state))
+            pcs = pca_from_moments(m)
         for k in [k for k, v in _CACHE.items() if v[0]() is None]:
             del _CACHE[k]
-        _CACHE[key] = hit = (weakref.ref(tree), pca_from_moments(m), tv)
+        _CACHE[key] = hit = (weakref.ref(tree), pcs, tv)
     pcs, tv = hit[1], hit[2]
     if n_components is not None:
         pcs = pcs.isel({COMPONENT: slice(0, int(n_components))})

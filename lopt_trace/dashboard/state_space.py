@@ -37,10 +37,11 @@ def pca_info(view, name: str) -> tuple[xr.Dataset, xr.DataArray, str]:
     if key not in view.cache:
         import dask
 
-        from lopt_trace.analysis.pca import moments, pca_from_moments, total_variance
+        from lopt_trace.analysis.pca import moments, one_blas_thread, pca_from_moments, total_variance
 
         state = view.group(name)["state"]
-        m, tv = dask.compute(moments(state), total_variance(state))
+        with one_blas_thread():
+            m, tv = dask.compute(moments(state), total_variance(state))
         view.cache[key] = (pca_from_moments(m)[keep], tv, "computed here (one streaming pass over `state`)")
     return view.cache[key]
 

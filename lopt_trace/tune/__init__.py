@@ -42,6 +42,7 @@ from lopt_trace.tune.curves import (
 from lopt_trace.tune.scoring import (
     TUNE_SEED_BASE,
     SearchProgress,
+    ShardedEvaluator,
     default_batch,
     equal_batches,
     evaluate,
@@ -97,6 +98,7 @@ __all__ = [
     "default_batch",
     "equal_batches",
     "evaluate_batches",
+    "ShardedEvaluator",
     "evaluate",
     "SearchProgress",
     "TUNE_VALIDATION_SEED_BASE",

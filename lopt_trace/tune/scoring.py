@@ -46,12 +46,16 @@ def _score(curve: jax.Array, objective: str) -> jax.Array:
 
 
 def make_evaluator(task: Task, optimizer: ComponentwiseOptimizer, steps: int,
-                   objective: str = "meta") -> Callable:
+                   objective: str = "meta", devices=None) -> Callable:
     """A jitted ``(thetas, problems) -> scores (candidates, problems)``.
 
     ``thetas`` is a dict of arrays with a leading candidate axis (any trailing shape, so a batch of
     GRU weights works as well as a batch of learning rates), ``problems`` a stacked
     :class:`Problem`; the call vmaps over both.
+
+    ``devices`` (default: every JAX device, ``jax.devices()``): with more than one, the candidates
+    are split across them (:class:`ShardedEvaluator`, ``jax.sharding`` over a 1-D mesh
+    ``candidates``); with one, the evaluator is the plain jitted function.
     """
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
@@ -60,7 +64,49 @@ def make_evaluator(task: Task, optimizer: ComponentwiseOptimizer, steps: int,
         return _score(loss_curve(task, optimizer, theta, problem, steps), objective)
 
     over_problems = jax.vmap(one, in_axes=(None, 0))
-    return jax.jit(jax.vmap(over_problems, in_axes=(0, None)))
+    batched = jax.vmap(over_problems, in_axes=(0, None))
+    devices = jax.devices() if devices is None else list(devices)
+    if len(devices) < 2:
+        return jax.jit(batched)  # one device: exactly the computation of before there was sharding
+    return ShardedEvaluator(batched, devices)
+
+
+class ShardedEvaluator:
+    """``(thetas, problems) -> scores`` with the candidates split across several JAX devices.
+
+    The devices form a 1-D mesh with axis ``candidates``: every leaf of ``thetas`` is split along
+    its leading (candidate) axis, the problems are replicated on every device, and each device
+    scores its share of the candidates (no communication: candidates are independent). A batch is
+    padded with copies of its first candidate up to a multiple of the device count, and the
+    padding's scores are dropped, so any number of candidates works.
+    """
+
+    def __init__(self, batched: Callable, devices):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        self.devices = list(devices)
+        self.shards = len(self.devices)
+        mesh = Mesh(np.array(self.devices), ("candidates",))
+        self.candidate_sharding = NamedSharding(mesh, PartitionSpec("candidates"))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self._fn = jax.jit(batched, in_shardings=(self.candidate_sharding, self.replicated),
+                           out_shardings=self.candidate_sharding)
+
+    def replicate(self, problems: Problem) -> Problem:
+        """``problems`` on every device (do it once, not at every call)."""
+        return jax.device_put(problems, self.replicated)
+
+    def __call__(self, thetas: dict, problems: Problem) -> jax.Array:
+        n = len(next(iter(thetas.values())))
+        padded = -(-n // self.shards) * self.shards
+        chunk = {}
+        for k, v in thetas.items():
+            v = np.asarray(v)
+            if padded > n:
+                v = np.concatenate([v, np.repeat(v[:1], padded - n, axis=0)])
+            chunk[k] = jax.device_put(v, self.candidate_sharding)
+        scores = self._fn(chunk, self.replicate(problems))
+        return scores[:n] if padded > n else scores
 
 
 def default_batch(task: Task, problems: int, samples: int) -> int:
@@ -88,6 +134,8 @@ def evaluate_batches(fn: Callable, thetas: dict[str, np.ndarray], problems: Prob
     """
     names = list(thetas)
     total = len(thetas[names[0]])
+    if isinstance(fn, ShardedEvaluator):
+        problems = fn.replicate(problems)  # once, not at every batch
     for i in range(start, -(-total // batch)):
         lo, hi = i * batch, min(total, (i + 1) * batch)
         chunk = {}
@@ -95,7 +143,8 @@ def evaluate_batches(fn: Callable, thetas: dict[str, np.ndarray], problems: Prob
             v = np.asarray(thetas[k][lo:hi], np.float32)
             if hi - lo < batch:
                 v = np.concatenate([v, np.repeat(v[:1], batch - (hi - lo), axis=0)])
-            chunk[k] = jnp.asarray(v)
+            # a sharded evaluator places the host array on its devices itself
+            chunk[k] = v if isinstance(fn, ShardedEvaluator) else jnp.asarray(v)
         begin = time.perf_counter()
         scores = np.asarray(jax.block_until_ready(fn(chunk, problems)))
         yield i, lo, hi, scores[: hi - lo], time.perf_counter() - begin

@@ -1,0 +1,114 @@
+"""The learned GRU optimizer's step rate against a plain matmul of the same shapes, in the same run.
+
+For each task size n (its number of parameters) and each GRU width u, this times
+
+- ``gru``: ``steps`` steps of the learned optimizer on all n parameters, a jitted ``lax.scan`` over
+  steps of ``LearnedGRU.step`` (the recorder's and the analyses' path: h' = F(θ, h, g) and the
+  readout) on given gradients; and ``gru fast_step``, the same with ``LearnedGRU.fast_step`` (the
+  meta-training path, forward only);
+- ``matmul``: one jitted (n × u) @ (u × u) matmul, the reference: its FLOP rate is 2·n·u² / t.
+
+A GRU step does three such matmuls (h U_z, h U_r, (r ⊙ h) U_h), so its matmul FLOP rate is
+6·n·u²·steps / t; the ratio printed is that rate as % of the plain matmul's (issue #13's target:
+≥ 50%). The step rate itself is parameters × steps per second. Every call is timed ``--repeat``
+times and the minimum wall time is kept; absolute times on a shared machine are noise, the ratio
+is what is measured.
+
+    nice -n 5 python benchmarks/gru_throughput.py [--tasks two_moons mnist] [--units 32 256]
+        [--steps 20] [--repeat 5]
+    python benchmarks/gru_throughput.py --quick        # a small check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt_trace.optimizers import LearnedGRU
+from lopt_trace.tasks import get_task
+
+
+def best_time(fn, args, repeat: int) -> float:
+    """Minimum wall seconds of ``repeat`` calls (after one call that compiles)."""
+    jax.block_until_ready(fn(*args))
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def gru_scan(opt: LearnedGRU, fast: bool):
+    step = opt.fast_step if fast else opt.step
+
+    def unroll(theta, h, grads):
+        def body(h, g):
+            h, dx = step(theta, h, g)
+            return h, jnp.sum(dx)  # keep the readout live without storing (steps, n)
+
+        return jax.lax.scan(body, h, grads)
+
+    return jax.jit(unroll)
+
+
+def measure(n: int, units: int, steps: int, repeat: int) -> dict:
+    opt = LearnedGRU(units=units)
+    key = jax.random.PRNGKey(0)
+    theta = dict(opt.init_theta(key))
+    theta["readout"] = 0.1 * jax.random.normal(key, (units,))
+    h = opt.init_state(theta, n)
+    grads = 1e-2 * jax.random.normal(jax.random.PRNGKey(1), (steps, n), jnp.float32)
+    a = jax.random.normal(jax.random.PRNGKey(2), (n, units), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(3), (units, units), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    t_mm = best_time(matmul, (a, b), repeat)
+    out = {"matmul": t_mm}
+    for name, fast in (("gru", False), ("gru fast_step", True)):
+        out[name] = best_time(gru_scan(opt, fast), (theta, h, grads), repeat)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["two_moons", "mnist"],
+                   help="tasks whose parameter counts set n (default two_moons mnist)")
+    p.add_argument("--units", nargs="+", type=int, default=[32, 256], help="GRU widths (default 32 256)")
+    p.add_argument("--steps", type=int, default=20, help="steps per scan (default 20)")
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
+    p.add_argument("--quick", action="store_true", help="a check that it runs: 3 steps, 2 repeats")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.steps, a.repeat = 3, 2
+    print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}; {platform.node()}; devices {jax.devices()}; "
+          f"jax {jax.__version__}; {os.cpu_count()} CPUs; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{a.steps} steps per scan; min of {a.repeat} timed calls; matmul = one (n × u) @ (u × u); "
+          "% of matmul = (6·n·u²·steps / t_gru) / (2·n·u² / t_matmul)")
+    print("| task | n | units | path | params × steps / s | matmul GFLOP/s | GRU matmul GFLOP/s | % of matmul | target ≥ 50% |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |")
+    for name in a.tasks:
+        n = get_task(name).num_params
+        for u in a.units:
+            t = measure(n, u, a.steps, a.repeat)
+            mm_rate = 2 * n * u * u / t["matmul"]
+            for path in ("gru", "gru fast_step"):
+                rate = n * a.steps / t[path]
+                gru_flops = 6 * n * u * u * a.steps / t[path]
+                pct = 100 * gru_flops / mm_rate
+                print(f"| {name} | {n:,} | {u} | {path} | {rate:.3g} | {mm_rate / 1e9:.2f} | "
+                      f"{gru_flops / 1e9:.2f} | {pct:.0f}% | {'meets' if pct >= 50 else 'misses'} |",
+                      flush=True)
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
