@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from lopt_trace.store.schema import strings  # noqa: F401 - re-exported for the analyses
+
 UNIT = "unit"
 
 
@@ -91,12 +93,6 @@ def unbatch(values, batch_dims, shape, coords, extra_dims=(), extra_coords=None,
 def attrs(long_name: str, units: str = "1", **extra) -> dict:
     """Variable attributes in the store's convention."""
     return {"long_name": long_name, "units": units, **extra}
-
-
-def strings(values) -> np.ndarray:
-    """Any array of strings (NumPy StringDType, fixed width or object) as an object array of str."""
-    return np.array([str(v) for v in np.asarray(values, dtype=object).ravel()],
-                    dtype=object).reshape(np.shape(values))
 
 
 def as_vector(x, dim: str) -> xr.DataArray:
