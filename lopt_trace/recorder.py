@@ -26,21 +26,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
-import re
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
-from lopt_trace import bundled
 from lopt_trace import seeds as seedlib
+from lopt_trace.allocator import bound_malloc_growth
 from lopt_trace.defaults import DEFAULT_OPTIMIZERS
 from lopt_trace.errors import UserError
-from lopt_trace.optimizers import BASELINES, ComponentwiseOptimizer
+from lopt_trace.optimizers import ComponentwiseOptimizer
+from lopt_trace.optimizers.sources import Entry, resolve, resolve_many
 from lopt_trace.record_plan import (BLOCK_BYTES, CHUNK_BYTES, CHUNK_RECORDS, CHUNK_RUNS,  # noqa: F401
                                     MAX_BLOCK_RECORDS, METADATA_BYTES, Estimate, Layout, Plan,
                                     RecordConfig, check_fits, estimate, make_layout, make_plan,
@@ -50,7 +47,6 @@ from lopt_trace.store.manifest import update_manifest
 from lopt_trace.store.schema import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
 from lopt_trace.store.sizes import human_bytes, size_on_disk
 from lopt_trace.store.template import build_template, group_dataset, settings_of  # noqa: F401
-from lopt_trace.store.template import to_json_types as _jsonable
 from lopt_trace.store.writer import RegionWriter as _Writer
 from lopt_trace.store.writer import check_resume, create_store, open_for_writing
 from lopt_trace.store.zarr_io import check_replaceable, exists
@@ -58,102 +54,19 @@ from lopt_trace.tasks.base import Task
 from lopt_trace.unroll import InnerState, init_inner, inner_step
 
 
-@dataclasses.dataclass
-class OptimizerEntry:
-    """One optimizer to record: its group name, the optimizer, θ and where they came from."""
-
-    name: str
-    optimizer: ComponentwiseOptimizer
-    theta: dict
-    source: str
-    spec: str
-    meta_train: xr.Dataset | None = None
-    attrs: dict = dataclasses.field(default_factory=dict)
-
-
-# -- optimizers --------------------------------------------------------------------------------------
-def _f32_theta(theta: dict) -> dict:
-    return {k: np.asarray(v, dtype=np.float32) for k, v in theta.items()}
-
-
-def _tuned(task_name: str, name: str) -> tuple[dict, dict] | None:
-    path = bundled.tuned_path(task_name)
-    if not path.is_file():
-        return None
-    try:
-        entry = json.loads(path.read_text())["optimizers"].get(name)
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise UserError(f"the bundled tuned hyperparameters {path} are unreadable ({exc}); "
-                        "reinstall lopt-trace") from None
-    if not entry or "theta" not in entry:
-        return None
-    return entry["theta"], {k: v for k, v in entry.items() if k != "theta"}
-
-
-def _label(text: str) -> str:
-    label = re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip("._") or "optimizer"
-    return label
+#: one optimizer to record: its group name, the optimizer, θ and where they came from
+OptimizerEntry = Entry
 
 
 def resolve_optimizer(spec: str, task_name: str) -> OptimizerEntry:
-    """Turn one ``--optimizer`` SPEC into an :class:`OptimizerEntry` (θ loaded and checked)."""
-    from lopt_trace.optimizers.io import load_optimizer
-    from lopt_trace.optimizers.optax_wrap import optax_entry
-
-    if spec.startswith("optax:"):  # any component-wise optax transform, θ from the spec
-        return OptimizerEntry(*optax_entry(spec), source="spec", spec=spec)
-    if spec in BASELINES:
-        opt = BASELINES[spec]()
-        defaults = _f32_theta(opt.init_theta())
-        tuned = _tuned(task_name, spec)
-        if tuned is None:
-            return OptimizerEntry(spec, opt, defaults, "default", spec)
-        values, info = tuned
-        if set(values) != set(defaults):
-            raise UserError(f"the bundled tuned θ for {spec} on {task_name} has entries {sorted(values)}, "
-                            f"expected {sorted(defaults)}; reinstall lopt-trace")
-        return OptimizerEntry(spec, opt, _f32_theta(values), "tuned", spec,
-                              attrs={"tuned": _jsonable(info),
-                                     "tuned_file": str(bundled.tuned_path(task_name))})
-    if spec in bundled.LEARNED:
-        path = bundled.optimizer_path(task_name, spec)
-        if not path.exists():
-            raise UserError(f"no {spec} optimizer is bundled for task {task_name!r}; train one with "
-                            f"`lopt-trace train --task {task_name} --out FILE`, then pass --optimizer FILE")
-        trained, source, name = load_optimizer(path), "bundled", spec
-    else:
-        if not exists(spec):
-            known = ", ".join([*bundled.LEARNED, *BASELINES])
-            raise UserError(f"unknown optimizer {spec!r}: use one of {known}, optax:NAME, or the path "
-                            f"of an optimizer file (nothing at {spec}; make one with `lopt-trace train`)")
-        trained, source, name = load_optimizer(spec), str(spec), _label(Path(str(spec).rstrip("/")).stem)
-    attrs = {"optimizer_file": str(path if spec in bundled.LEARNED else spec)}
-    if trained.task is not None:
-        attrs["trained_on"] = _jsonable(trained.task)
-    if trained.attrs.get("metatrain"):
-        attrs["metatrain"] = _jsonable(trained.attrs["metatrain"])
-    return OptimizerEntry(name, trained.optimizer, _f32_theta(trained.theta), source, spec,
-                          meta_train=trained.meta_train, attrs=attrs)
+    """Turn one ``--optimizer`` SPEC into an :class:`OptimizerEntry` (θ loaded and checked; see
+    :func:`lopt_trace.optimizers.sources.resolve`)."""
+    return resolve(spec, task_name)
 
 
 def resolve_optimizers(task_name: str, specs=None) -> list[OptimizerEntry]:
     """Resolve every SPEC (default :data:`DEFAULT_OPTIMIZERS`); group names are made unique."""
-    specs = list(specs) if specs else list(DEFAULT_OPTIMIZERS)
-    seen_specs = set()
-    for spec in specs:
-        if spec in seen_specs:
-            raise UserError(f"--optimizer {spec} is given twice")
-        seen_specs.add(spec)
-    entries, names = [], set()
-    for spec in specs:
-        entry = resolve_optimizer(spec, task_name)
-        base, i = entry.name, 2
-        while entry.name in names:
-            entry.name = f"{base}_{i}"
-            i += 1
-        names.add(entry.name)
-        entries.append(entry)
-    return entries
+    return resolve_many(task_name, specs or DEFAULT_OPTIMIZERS)
 
 
 # -- the jitted block -------------------------------------------------------------------------------------
@@ -301,33 +214,6 @@ def format_mean_sem(values) -> str:
 
 class _Stop(Exception):
     pass
-
-
-_MALLOC_BOUNDED = False
-
-
-def bound_malloc_growth(threshold: int = 1 << 20) -> None:
-    """Serve allocations of ``threshold`` bytes and more with mmap, so freed blocks go back to the
-    system at once (glibc only; elsewhere nothing happens).
-
-    glibc raises its mmap threshold dynamically up to 32 MB as large arrays are freed; afterwards
-    block-sized arrays come from the heap, and with a writer thread the heap fragments, so a
-    long recording's resident memory creeps up by a few percent of the data written (measured:
-    +80 MB per 4x steps on two_moons). A fixed threshold keeps the peak flat. Called by
-    :func:`record`; it affects only how large allocations are served in this process.
-    """
-    global _MALLOC_BOUNDED
-    if _MALLOC_BOUNDED:
-        return
-    _MALLOC_BOUNDED = True
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD (also turns off the dynamic raise)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,

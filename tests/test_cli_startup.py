@@ -25,6 +25,10 @@ print("HEAVY=" + ",".join(heavy))
 def test_light_registries_agree_with_the_real_ones():
     assert defaults.TASK_NAMES == tuple(TASKS)
     assert recorder.DEFAULT_OPTIMIZERS == defaults.DEFAULT_OPTIMIZERS
+    from lopt_trace import bundled
+    from lopt_trace.optimizers import BASELINES
+
+    assert defaults.ALL_OPTIMIZERS == (*bundled.LEARNED, *BASELINES)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["record", "--help"], ["record", "--task", "nope"],
