@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+from lopt_trace import recipes_loader
 from lopt_trace.dashboard._common import hv
 from lopt_trace.dashboard.data import RECIPE_ROLES, StoreView, human_bytes
 from lopt_trace.errors import UserError
@@ -36,14 +37,12 @@ class ReportResult:
     seconds: float
 
 
-#: recipe behind each figure, in order
-RECIPES = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence", "distill")
+#: recipe behind each figure, in order (the registry's)
+RECIPES = recipes_loader.ORDER
 
 
 def _not_applicable(view: StoreView, recipe: str) -> str | None:
     """Why ``recipe`` cannot run on this store (emergence without a history), or None."""
-    from lopt_trace import recipes_loader
-
     check = getattr(recipes_loader.load(recipe), "not_applicable", None)
     return check(view.tree) if check is not None else None
 
@@ -52,11 +51,9 @@ def collect(view: StoreView, compute: bool = True, progress: bool = False) -> li
     """Compute missing analyses (when ``compute``), then draw every figure."""
     from tqdm.auto import tqdm
 
-    from lopt_trace.recipes_loader import ON_DEMAND
-
     problems = {}
     if compute and view.writable:  # not distill: it runs new problems (`lopt-trace distill`)
-        missing = [r for r in RECIPES if view.analysis(r) is None and r not in ON_DEMAND
+        missing = [r for r in RECIPES if view.analysis(r) is None and r not in recipes_loader.ON_DEMAND
                    and not _not_applicable(view, r)]
         for recipe in tqdm(missing, desc="analyses", disable=not progress):
             try:

@@ -31,6 +31,17 @@ def test_light_registries_agree_with_the_real_ones():
     assert defaults.ALL_OPTIMIZERS == (*bundled.LEARNED, *BASELINES)
 
 
+def test_one_recipe_registry():
+    from lopt_trace import recipes_loader, report
+    from lopt_trace.dashboard.data import RECIPE_ROLES
+
+    assert report.RECIPES == recipes_loader.ORDER and list(RECIPE_ROLES) == list(recipes_loader.ORDER)
+    # one report figure per recipe, numbered as the registry says
+    assert [f.__name__.removeprefix("figure_") for f in report.FIGURES] == [
+        r.figure.removeprefix("Fig. ") for r in recipes_loader.REGISTRY]
+    assert set(recipes_loader.ORDER) <= set(recipes_loader.available())
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["record", "--help"], ["record", "--task", "nope"],
                                   ["train", "--task", "mnist", "--lr", "-1"], ["analyze"]])
 def test_help_and_argument_errors_load_nothing_heavy(argv):
