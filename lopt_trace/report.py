@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from lopt_trace import recipes_loader
-from lopt_trace.dashboard._common import hv
+from lopt_trace.dashboard.style import hv
 from lopt_trace.dashboard.data import RECIPE_ROLES, StoreView, human_bytes
 from lopt_trace.errors import UserError
 from lopt_trace.report_figures import (FIGURES, Figure, figure_1, figure_3, figure_4,  # noqa: F401

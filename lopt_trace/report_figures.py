@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from lopt_trace.dashboard._common import hv, palette, strings
+from lopt_trace.dashboard.style import hv, palette, strings
 from lopt_trace.dashboard.data import StoreView
 
 
