@@ -19,6 +19,11 @@ optimizer and writes the schema of ``docs/store.md``:
    finished runs and redoes the rest.
 
 A second recorder on the same store is refused by :class:`lopt_trace.store.StoreLock`.
+
+This module keeps the recording loop and the jitted block. The plan (settings, layout, chunks,
+cost) is :mod:`lopt_trace.record_plan`; the store's template, writer and resume check are
+:mod:`lopt_trace.store.template` and :mod:`lopt_trace.store.writer`; optimizer specs are resolved
+by :mod:`lopt_trace.optimizers.sources`. Their names are importable from here too.
 """
 
 from __future__ import annotations
