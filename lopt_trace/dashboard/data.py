@@ -16,7 +16,9 @@ import xarray as xr
 from lopt_trace import recipes_loader
 from lopt_trace.analysis.rebuild import open_for_analysis, optimizer_names, rebuild, select_optimizer
 from lopt_trace.errors import UserError
-from lopt_trace.zarr_io import is_local
+from lopt_trace.store.sizes import human_bytes as store_human_bytes
+from lopt_trace.store.sizes import size_on_disk
+from lopt_trace.store.zarr_io import is_local
 
 #: the recipes the dashboard and report know about, and what each adds (from the registry)
 RECIPE_ROLES = recipes_loader.ROLES
@@ -179,10 +181,7 @@ class StoreView:
         """Bytes on disk of a local store (None for URLs and in-memory trees)."""
         if self.path is None or not is_local(self.path):
             return None
-        root = Path(self.path.removeprefix("file://"))
-        if root.is_file():
-            return root.stat().st_size
-        return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        return size_on_disk(self.path)
 
     def runs(self, name: str) -> list[int]:
         return [int(r) for r in self.group(name)["run"].values]
@@ -192,13 +191,8 @@ class StoreView:
 
 
 def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n} B"
+    """:func:`lopt_trace.store.human_bytes`, and ``n/a`` for None."""
+    return "n/a" if n is None else store_human_bytes(n)
 
 
 __all__ = ["StoreView", "RECIPE_ROLES", "human_bytes"]
