@@ -11,7 +11,6 @@ their mean and standard error of the mean (sem = sample std / √n) over runs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time
@@ -24,37 +23,24 @@ from tqdm.auto import tqdm
 
 from lopt_trace import bundled
 from lopt_trace import seeds as seedlib
+from lopt_trace.defaults import ALL_OPTIMIZERS, COMPARE_OPTIMIZERS
 from lopt_trace.errors import UserError
-from lopt_trace.optimizers import BASELINES, ComponentwiseOptimizer, make_optimizer
+from lopt_trace.optimizers import ComponentwiseOptimizer, sources
+from lopt_trace.optimizers.optax_wrap import is_optax_spec
 from lopt_trace.tasks.base import Task
 from lopt_trace.unroll import loss_curve
 
 #: the optimizers Fig. 1 shows, in order
-DEFAULT_OPTIMIZERS = ("learned", "momentum", "rmsprop", "adam")
-ALL_OPTIMIZERS = ("learned", "learned-warm", "sgd", "momentum", "rmsprop", "adam")
-
-
-@dataclasses.dataclass
-class Entry:
-    """One optimizer to compare: a label, the optimizer, its θ and where θ came from."""
-
-    label: str
-    optimizer: ComponentwiseOptimizer
-    theta: dict
-    source: str
+DEFAULT_OPTIMIZERS = COMPARE_OPTIMIZERS
+#: one optimizer: label (``name``), optimizer, θ and where θ came from
+Entry = sources.Entry
 
 
 def learned_entry(task: str, path: str | os.PathLike | None = None, variant: str = "learned") -> Entry:
     """The learned optimizer from ``path`` (default: the bundled ``variant`` for ``task``)."""
-    from lopt_trace.optimizers.io import load_optimizer
-
-    file = Path(path) if path else bundled.optimizer_path(task, variant)
-    loaded = load_optimizer(file)
-    trained_on = (loaded.task or {}).get("name")
-    if trained_on not in (None, task):
-        raise UserError(f"{file} was meta-trained on {trained_on!r}, not {task!r}; pass the "
-                        f"optimizer file for {task!r}")
-    return Entry(variant, loaded.optimizer, loaded.theta, "bundled" if path is None else str(file))
+    if path:
+        return sources.file_entry(task, path, variant, str(path), variant)
+    return sources.file_entry(task, bundled.optimizer_path(task, variant), variant, "bundled", variant)
 
 
 def baseline_entry(task: str, name: str, tuned_file: str | os.PathLike | None = None,
@@ -63,25 +49,17 @@ def baseline_entry(task: str, name: str, tuned_file: str | os.PathLike | None = 
 
     Returns None when there is no tuned entry and ``untuned`` is false.
     """
-    from lopt_trace.tune import tuned_theta
-
-    opt = make_optimizer(name)
-    theta = tuned_theta(task, name, tuned_file)
-    if theta is not None:
-        missing = set(opt.init_theta()) - set(theta)
-        if missing:
-            raise UserError(f"tuned entry for {name} on {task} lacks {sorted(missing)}; re-run "
-                            f"`lopt-trace tune --task {task} --optimizer {name} --bundle`")
-        return Entry(name, opt, theta, "tuned")
-    if untuned:
-        return Entry(name, opt, opt.init_theta(), "default")
-    return None
+    try:
+        return sources.baseline_entry(task, name, tuned_file, untuned)
+    except sources.Unavailable:
+        return None
 
 
 def resolve(task: str, names: list[str] | None = None, learned: str | None = None,
             tuned_file: str | None = None, untuned: bool = False,
             strict: bool | None = None) -> tuple[list[Entry], list[str]]:
-    """The entries to compare, and notes about the ones skipped.
+    """The entries to compare (:func:`lopt_trace.optimizers.sources.resolve`), and notes about the
+    ones skipped.
 
     With ``strict`` (default: true when ``names`` is given) every named optimizer must exist;
     otherwise (the default set) a missing learned optimizer or tuned baseline is skipped with a
@@ -91,37 +69,26 @@ def resolve(task: str, names: list[str] | None = None, learned: str | None = Non
     names = list(names or DEFAULT_OPTIMIZERS)
     entries, notes = [], []
     for name in names:
-        if name == "learned-warm":
-            path = bundled.optimizer_path(task, name)
-            if explicit or Path(path).exists():
-                entries.append(learned_entry(task, None, name))
-            else:
-                notes.append(f"no warm-started learned optimizer is bundled for {task}; skipped it")
-        elif name == "learned":
-            path = learned or bundled.optimizer_path(task)
-            if explicit or learned or Path(path).exists():
-                entries.append(learned_entry(task, learned))
-            else:
-                notes.append(f"no bundled learned optimizer for {task} at {path}; skipped it "
-                             f"(train one with `lopt-trace train --task {task}` and pass --learned PATH)")
-        elif name.startswith("optax:"):  # any component-wise optax transform, θ from the spec
-            from lopt_trace.optimizers.optax_wrap import optax_entry
-
-            _, opt, theta = optax_entry(name)
-            entries.append(Entry(name, opt, theta, "spec"))  # labelled by the spec as given
-        elif name in BASELINES:
-            entry = baseline_entry(task, name, tuned_file, untuned)
-            if entry is None:
-                message = (f"no tuned {name} hyperparameters for {task} in "
-                           f"{tuned_file or bundled.tuned_path(task)}; run `lopt-trace tune --task {task} "
-                           f"--optimizer {name} --bundle`, or pass --untuned to use the defaults")
-                if explicit:
-                    raise UserError(message)
-                notes.append(message.replace("; run", "; skipped it (run", 1) + ")")
-            else:
-                entries.append(entry)
-        else:
+        if not (name in ALL_OPTIMIZERS or is_optax_spec(name)):
             raise UserError(f"unknown optimizer {name!r}; choose from: {', '.join(ALL_OPTIMIZERS)}, optax:NAME")
+        if name in bundled.LEARNED and not explicit and not (name == "learned" and learned):
+            path = bundled.optimizer_path(task, name)
+            if not Path(path).exists():
+                notes.append(f"no bundled learned optimizer for {task} at {path}; skipped it (train one "
+                             f"with `lopt-trace train --task {task}` and pass --learned PATH)"
+                             if name == "learned" else
+                             f"no warm-started learned optimizer is bundled for {task}; skipped it")
+                continue
+        try:
+            entry = sources.resolve(name, task, tuned_file=tuned_file, untuned=untuned, learned_file=learned)
+        except sources.Unavailable as exc:
+            if explicit:
+                raise
+            notes.append(str(exc).replace("; run", "; skipped it (run", 1) + ")")
+            continue
+        if is_optax_spec(name):
+            entry.name = name  # labelled by the spec as given
+        entries.append(entry)
     if not entries:
         raise UserError(f"nothing to compare on {task}: " + " ".join(notes))
     return entries, notes
@@ -237,10 +204,8 @@ def format_table(summary: xr.Dataset, dim: str = "optimizer", tuning: dict[str, 
 
 def tuned_entries(task: str, tuned_file: str | os.PathLike | None = None) -> tuple[dict, Path]:
     """The ``optimizers`` mapping of the tuned-hyperparameter file for ``task`` and its path."""
-    from lopt_trace.tune import load_tuned
-
     path = Path(tuned_file) if tuned_file else bundled.tuned_path(task)
-    return load_tuned(path)["optimizers"], path
+    return sources.read_tuned(path)["optimizers"], path
 
 
 def tuning_status(task: str, entries: list[Entry], tuned_file: str | os.PathLike | None = None) -> dict[str, str]:

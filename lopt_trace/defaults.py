@@ -10,6 +10,10 @@ from __future__ import annotations
 TASK_NAMES = ("linear_regression", "rosenbrock", "two_moons", "mnist")
 #: what ``--optimizer`` defaults to: the learned optimizer and every baseline
 DEFAULT_OPTIMIZERS = ("learned", "sgd", "momentum", "rmsprop", "adam")
+#: what ``compare`` shows by default: the optimizers of the paper's Fig. 1, in order
+COMPARE_OPTIMIZERS = ("learned", "momentum", "rmsprop", "adam")
+#: every named optimizer (``bundled.LEARNED`` and ``optimizers.BASELINES``); ``compare --optimizer all``
+ALL_OPTIMIZERS = ("learned", "learned-warm", "sgd", "momentum", "rmsprop", "adam")
 #: default number of parameters kept per tensor
 DEFAULT_PARAMS = 64
 #: default number of test runs
@@ -25,5 +29,5 @@ def default_estimator(task: str) -> str:
     return DEFAULT_ESTIMATORS.get(task, "bptt")
 
 
-__all__ = ["DEFAULT_ESTIMATORS", "DEFAULT_OPTIMIZERS", "DEFAULT_PARAMS", "DEFAULT_RUNS", "TASK_NAMES",
+__all__ = ["ALL_OPTIMIZERS", "COMPARE_OPTIMIZERS", "DEFAULT_ESTIMATORS", "DEFAULT_OPTIMIZERS", "DEFAULT_PARAMS", "DEFAULT_RUNS", "TASK_NAMES",
            "default_estimator"]

@@ -9,6 +9,7 @@ site-packages. Either way a recipe is loaded from its file under the module name
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 import types
@@ -18,12 +19,49 @@ from lopt_trace.errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parent
 PREFIX = "lopt_trace.recipes"
-#: the recipes in the paper's order, then the ones beyond the paper (``analyze all`` runs them in
-#: this order, leaving out :data:`ON_DEMAND`)
-ORDER = ("performance", "momentum", "clipping", "schedule", "adaptation", "layers", "emergence", "distill")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One recipe of the registry: its module name, the report figure it draws, what it adds, and
+    whether it analyses one optimizer group (``performance`` compares all of them) or runs on
+    demand only (``distill`` runs new optimization problems: ``lopt-trace distill STORE``)."""
+
+    name: str
+    figure: str
+    role: str
+    per_optimizer: bool = True
+    on_demand: bool = False
+
+    @property
+    def describe(self) -> str:
+        """``role (figure)``, as the dashboard and report list it."""
+        return f"{self.role} ({self.figure})"
+
+
+#: the one list of recipes, in the paper's order, then the ones beyond the paper
+REGISTRY = (
+    Recipe("performance", "Fig. 1", "meta-objectives and loss curves of every optimizer", per_optimizer=False),
+    Recipe("momentum", "Fig. 3", "fixed points at g* = 0, Jacobian eigenvalues, per-mode α and β"),
+    Recipe("clipping", "Fig. 4", "update-function saturation threshold"),
+    Recipe("schedule", "Fig. 5", "effective learning rate without gradients"),
+    Recipe("adaptation", "Fig. 6", "fixed points along the g* sweep: the S-curve"),
+    Recipe("layers", "Fig. 7", "per-tensor trajectories and gradient histograms"),
+    Recipe("emergence", "Fig. 8", "every mechanism at every θ checkpoint of the meta-training history"),
+    Recipe("distill", "Fig. 9", "an optimizer built from the mechanisms found, against the learned one "
+           "and tuned momentum", on_demand=True),
+)
+#: the recipes in the registry's order (``analyze all`` runs them in this order, leaving out
+#: :data:`ON_DEMAND`)
+ORDER = tuple(r.name for r in REGISTRY)
 #: recipes that ``analyze all`` leaves out: they run new optimization problems instead of analysing
 #: the recording, and read the other recipes' results (``lopt-trace distill STORE``)
-ON_DEMAND = ("distill",)
+ON_DEMAND = tuple(r.name for r in REGISTRY if r.on_demand)
+#: what each recipe adds, with its figure (the dashboard's and report's list)
+ROLES = {r.name: r.describe for r in REGISTRY}
+#: recipes ``analyze all`` runs whose result is about one optimizer group (its ``optimizer``
+#: attribute), in order: the dashboard's default group is the one they analysed
+PER_OPTIMIZER = tuple(r.name for r in REGISTRY if r.per_optimizer and not r.on_demand)
 
 
 def recipes_dir() -> Path:
@@ -87,4 +125,5 @@ def load(name: str) -> types.ModuleType:
     return module
 
 
-__all__ = ["ON_DEMAND", "ORDER", "available", "for_all", "load", "recipes_dir"]
+__all__ = ["ON_DEMAND", "ORDER", "PER_OPTIMIZER", "REGISTRY", "ROLES", "Recipe", "available", "for_all", "load",
+           "recipes_dir"]

@@ -19,6 +19,11 @@ optimizer and writes the schema of ``docs/store.md``:
    finished runs and redoes the rest.
 
 A second recorder on the same store is refused by :class:`lopt_trace.store.StoreLock`.
+
+This module keeps the recording loop and the jitted block. The plan (settings, layout, chunks,
+cost) is :mod:`lopt_trace.record_plan`; the store's template, writer and resume check are
+:mod:`lopt_trace.store.template` and :mod:`lopt_trace.store.writer`; optimizer specs are resolved
+by :mod:`lopt_trace.optimizers.sources`. Their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -26,487 +31,47 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
-import queue
-import re
-import threading
 import time
-from pathlib import Path
 
-import dask.array as da
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
-from lopt_trace import bundled
 from lopt_trace import seeds as seedlib
-from lopt_trace.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
+from lopt_trace.allocator import bound_malloc_growth
+from lopt_trace.defaults import DEFAULT_OPTIMIZERS
 from lopt_trace.errors import UserError
-from lopt_trace.optimizers import BASELINES, ComponentwiseOptimizer
-from lopt_trace.provenance import utc_now, versions
-from lopt_trace.store import (HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN, RUN_COORDS, RUN_VARIABLES,
-                              SCHEMA_VERSION, StoreLock, hist_edges, human_bytes, size_on_disk,
-                              with_label_copies)
+from lopt_trace.optimizers import ComponentwiseOptimizer
+from lopt_trace.optimizers.sources import Entry, resolve, resolve_many
+from lopt_trace.record_plan import (BLOCK_BYTES, CHUNK_BYTES, CHUNK_RECORDS, CHUNK_RUNS,  # noqa: F401
+                                    MAX_BLOCK_RECORDS, METADATA_BYTES, Estimate, Layout, Plan,
+                                    RecordConfig, check_fits, estimate, make_layout, make_plan,
+                                    subset_indices)
+from lopt_trace.store.lock import StoreLock
+from lopt_trace.store.manifest import update_manifest
+from lopt_trace.store.schema import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
+from lopt_trace.store.sizes import human_bytes, size_on_disk
+from lopt_trace.store.template import build_template, group_dataset, settings_of  # noqa: F401
+from lopt_trace.store.writer import RegionWriter as _Writer
+from lopt_trace.store.writer import check_resume, create_store, open_for_writing
+from lopt_trace.store.zarr_io import check_replaceable, exists
 from lopt_trace.tasks.base import Task
-from lopt_trace.theta import theta_from_dataset, theta_to_dataset
 from lopt_trace.unroll import InnerState, init_inner, inner_step
-from lopt_trace.manifest import MANIFEST, update_manifest
-from lopt_trace.zarr_io import (COMPRESSORS, ZARR_FORMAT, check_replaceable, exists, is_local,
-                                quiet_zarr_writes, remove)
 
 
-#: bytes of block output (per-parameter arrays and aggregates) aimed at per jitted block
-BLOCK_BYTES = 16 * 2**20
-#: most kept records per block
-MAX_BLOCK_RECORDS = 64
-#: kept records per chunk along ``step`` (rounded to a multiple of the block)
-CHUNK_RECORDS = 64
-#: bytes aimed at per chunk of the per-parameter arrays
-CHUNK_BYTES = 4 * 2**20
-#: runs per chunk along ``run``
-CHUNK_RUNS = 4
-
-
-
-# -- configuration ---------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class RecordConfig:
-    """What to record. ``steps=None`` means the task's default; ``params=None`` keeps every
-    parameter."""
-
-    runs: int = DEFAULT_RUNS
-    steps: int | None = None
-    params: int | None = DEFAULT_PARAMS
-    every: int = 1
-    dtype: str = "float32"
-    seed: int = 0
-
-    def validate(self) -> None:
-        for field in ("runs", "steps", "params", "every"):
-            value = getattr(self, field)
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-                raise UserError(f"--{field} must be a positive integer, got {value!r}")
-        if self.dtype not in ("float32", "float16"):
-            raise UserError(f"--dtype must be float32 or float16, got {self.dtype!r}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
-        try:
-            seedlib.test_seeds(self.seed, self.runs)
-        except ValueError:
-            raise UserError(f"--seed {self.seed} with --runs {self.runs} runs past the test seed "
-                            "range; choose a smaller --seed") from None
-
-
-@dataclasses.dataclass
-class OptimizerEntry:
-    """One optimizer to record: its group name, the optimizer, θ and where they came from."""
-
-    name: str
-    optimizer: ComponentwiseOptimizer
-    theta: dict
-    source: str
-    spec: str
-    meta_train: xr.Dataset | None = None
-    attrs: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How the steps are computed: runs per ``vmap`` and kept records per jitted block."""
-
-    run_batch: int
-    block_records: int
-
-
-# -- optimizers --------------------------------------------------------------------------------------
-def _f32_theta(theta: dict) -> dict:
-    return {k: np.asarray(v, dtype=np.float32) for k, v in theta.items()}
-
-
-def _tuned(task_name: str, name: str) -> tuple[dict, dict] | None:
-    path = bundled.tuned_path(task_name)
-    if not path.is_file():
-        return None
-    try:
-        entry = json.loads(path.read_text())["optimizers"].get(name)
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise UserError(f"the bundled tuned hyperparameters {path} are unreadable ({exc}); "
-                        "reinstall lopt-trace") from None
-    if not entry or "theta" not in entry:
-        return None
-    return entry["theta"], {k: v for k, v in entry.items() if k != "theta"}
-
-
-def _label(text: str) -> str:
-    label = re.sub(r"[^A-Za-z0-9_.-]", "_", text).strip("._") or "optimizer"
-    return label
+#: one optimizer to record: its group name, the optimizer, θ and where they came from
+OptimizerEntry = Entry
 
 
 def resolve_optimizer(spec: str, task_name: str) -> OptimizerEntry:
-    """Turn one ``--optimizer`` SPEC into an :class:`OptimizerEntry` (θ loaded and checked)."""
-    from lopt_trace.optimizers.io import load_optimizer
-    from lopt_trace.optimizers.optax_wrap import optax_entry
-
-    if spec.startswith("optax:"):  # any component-wise optax transform, θ from the spec
-        return OptimizerEntry(*optax_entry(spec), source="spec", spec=spec)
-    if spec in BASELINES:
-        opt = BASELINES[spec]()
-        defaults = _f32_theta(opt.init_theta())
-        tuned = _tuned(task_name, spec)
-        if tuned is None:
-            return OptimizerEntry(spec, opt, defaults, "default", spec)
-        values, info = tuned
-        if set(values) != set(defaults):
-            raise UserError(f"the bundled tuned θ for {spec} on {task_name} has entries {sorted(values)}, "
-                            f"expected {sorted(defaults)}; reinstall lopt-trace")
-        return OptimizerEntry(spec, opt, _f32_theta(values), "tuned", spec,
-                              attrs={"tuned": _jsonable(info),
-                                     "tuned_file": str(bundled.tuned_path(task_name))})
-    if spec in bundled.LEARNED:
-        path = bundled.optimizer_path(task_name, spec)
-        if not path.exists():
-            raise UserError(f"no {spec} optimizer is bundled for task {task_name!r}; train one with "
-                            f"`lopt-trace train --task {task_name} --out FILE`, then pass --optimizer FILE")
-        trained, source, name = load_optimizer(path), "bundled", spec
-    else:
-        if not exists(spec):
-            known = ", ".join([*bundled.LEARNED, *BASELINES])
-            raise UserError(f"unknown optimizer {spec!r}: use one of {known}, optax:NAME, or the path "
-                            f"of an optimizer file (nothing at {spec}; make one with `lopt-trace train`)")
-        trained, source, name = load_optimizer(spec), str(spec), _label(Path(str(spec).rstrip("/")).stem)
-    attrs = {"optimizer_file": str(path if spec in bundled.LEARNED else spec)}
-    if trained.task is not None:
-        attrs["trained_on"] = _jsonable(trained.task)
-    if trained.attrs.get("metatrain"):
-        attrs["metatrain"] = _jsonable(trained.attrs["metatrain"])
-    return OptimizerEntry(name, trained.optimizer, _f32_theta(trained.theta), source, spec,
-                          meta_train=trained.meta_train, attrs=attrs)
+    """Turn one ``--optimizer`` SPEC into an :class:`OptimizerEntry` (θ loaded and checked; see
+    :func:`lopt_trace.optimizers.sources.resolve`)."""
+    return resolve(spec, task_name)
 
 
 def resolve_optimizers(task_name: str, specs=None) -> list[OptimizerEntry]:
     """Resolve every SPEC (default :data:`DEFAULT_OPTIMIZERS`); group names are made unique."""
-    specs = list(specs) if specs else list(DEFAULT_OPTIMIZERS)
-    seen_specs = set()
-    for spec in specs:
-        if spec in seen_specs:
-            raise UserError(f"--optimizer {spec} is given twice")
-        seen_specs.add(spec)
-    entries, names = [], set()
-    for spec in specs:
-        entry = resolve_optimizer(spec, task_name)
-        base, i = entry.name, 2
-        while entry.name in names:
-            entry.name = f"{base}_{i}"
-            i += 1
-        names.add(entry.name)
-        entries.append(entry)
-    return entries
-
-
-# -- layout ------------------------------------------------------------------------------------------
-def subset_indices(task: Task, params: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The kept parameters: ``params`` per tensor, evenly spaced (``np.linspace``) within each
-    flattened tensor, or all of them. Returns (flat index, tensor number, index within tensor)."""
-    flat, tensor, within = [], [], []
-    offset = 0
-    for i, t in enumerate(task.tensors):
-        if params is None or params >= t.size:
-            idx = np.arange(t.size)
-        else:
-            idx = np.unique(np.round(np.linspace(0, t.size - 1, params)).astype(np.int64))
-        flat.append(offset + idx)
-        tensor.append(np.full(idx.shape, i))
-        within.append(idx)
-        offset += t.size
-    return (np.concatenate(flat).astype(np.int64), np.concatenate(tensor).astype(np.int64),
-            np.concatenate(within).astype(np.int64))
-
-
-@dataclasses.dataclass
-class Layout:
-    """Shapes, chunks and the execution plan of one store."""
-
-    task: Task
-    cfg: RecordConfig
-    steps: int
-    seeds: np.ndarray
-    flat_index: np.ndarray
-    param_tensor: np.ndarray
-    param_index: np.ndarray
-    plan: Plan
-    max_units: int
-
-    @property
-    def every(self) -> int:
-        return self.cfg.every
-
-    @property
-    def runs(self) -> int:
-        return self.cfg.runs
-
-    @property
-    def n_params(self) -> int:
-        return int(self.flat_index.size)
-
-    @property
-    def n_records(self) -> int:
-        return -(-self.steps // self.every)
-
-    @property
-    def record_steps(self) -> np.ndarray:
-        return np.arange(self.n_records, dtype=np.int64) * self.every
-
-    @property
-    def n_blocks(self) -> int:
-        return -(-self.n_records // self.plan.block_records)
-
-    @property
-    def itemsize(self) -> int:
-        return np.dtype(self.cfg.dtype).itemsize
-
-    def run_groups(self) -> list[tuple[int, int]]:
-        b = self.plan.run_batch
-        return [(r, min(r + b, self.runs)) for r in range(0, self.runs, b)]
-
-    # chunks: fixed at creation, sized for appending along step and reading along any dim
-    def chunks(self, units: int) -> dict[str, tuple[int, ...]]:
-        rc = min(self.runs, CHUNK_RUNS)
-        b = self.plan.block_records
-        sc = min(self.n_records, b * max(1, CHUNK_RECORDS // b))
-        if self.n_records >= 2:
-            sc = max(sc, 2)
-        p, t = self.n_params, len(self.task.tensors)
-
-        def pc(per_param: int) -> int:
-            fit = CHUNK_BYTES // max(1, rc * sc * per_param)
-            return int(min(p, max(fit, 2)))
-
-        lc = min(self.steps + 1, max(2, sc * self.every))
-        return {
-            "loss": (rc, lc),
-            "gradient": (rc, sc, pc(self.itemsize)),
-            "update": (rc, sc, pc(self.itemsize)),
-            "state": (rc, sc, pc(self.itemsize * units), units),
-            "initial_state": (self.n_params, units),
-            "state_mean": (rc, sc, t, units),
-            "gradient_abs_mean": (rc, sc, t),
-            "gradient_hist": (rc, t, HIST_BINS),
-            "run_complete": (self.runs,),
-        }
-
-
-def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_units: int) -> Plan:
-    """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES."""
-    n_rec = -(-steps // cfg.every)
-    run_batch = min(cfg.runs, 4)
-    isz = np.dtype(cfg.dtype).itemsize
-    per_record = run_batch * (n_params * (2 + max_units) * isz
-                              + len(task.tensors) * (max_units + 1) * 4 + cfg.every * 4)
-    block = int(max(1, min(MAX_BLOCK_RECORDS, BLOCK_BYTES // per_record)))
-    block = min(block, n_rec)
-    n_blocks = -(-n_rec // block)
-    return Plan(run_batch=run_batch, block_records=-(-n_rec // n_blocks))
-
-
-def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
-                plan: Plan | None = None) -> Layout:
-    cfg.validate()
-    steps = cfg.steps or task.default_steps
-    flat, tens, within = subset_indices(task, cfg.params)
-    max_units = max(e.optimizer.state_size for e in entries)
-    plan = plan or make_plan(task, cfg, steps, flat.size, max_units)
-    return Layout(task, cfg, steps, seedlib.test_seeds(cfg.seed, cfg.runs), flat, tens, within,
-                  plan, max_units)
-
-
-# -- what it will cost ----------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, zstd
-    saves little on states, plus coordinates and the learned optimizer's meta-training history;
-    tiny stores add some kB of metadata) and ``memory`` (the inner problems in flight and two
-    blocks of outputs, besides the interpreter, JAX and the task's data)."""
-
-    store: int
-    memory: int
-
-    def describe(self) -> str:
-        return f"store about {human_bytes(self.store)}, working memory about {human_bytes(self.memory)}"
-
-
-#: metadata bytes per group of a store, about (measured on small stores: their zarr.json files,
-#: θ subgroups and manifest entries)
-METADATA_BYTES = 40_000
-
-
-def estimate(layout: Layout, entries: list[OptimizerEntry]) -> Estimate:
-    """The :class:`Estimate` of recording ``entries`` with ``layout``."""
-    r, n, p, t, k = layout.runs, layout.n_records, layout.n_params, len(layout.task.tensors), layout.steps
-    isz = layout.itemsize
-    store = METADATA_BYTES * (1 + len(entries))  # zarr.json files, θ groups, the manifest
-    for e in entries:
-        d = e.optimizer.state_size
-        store += r * n * p * (d + 2) * isz          # state, gradient, update per kept parameter
-        store += r * n * t * (d + 1) * 4            # per-tensor means
-        store += r * (k + 1) * 4 + r * t * HIST_BINS * 8 + p * d * 4
-        store += p * 48 + (int(e.meta_train.nbytes) if e.meta_train is not None else 0)  # labels, history
-    total = int(layout.task.num_params)
-    rb, b = layout.plan.run_batch, layout.plan.block_records
-    per_record = rb * (p * (2 + layout.max_units) * isz + t * (layout.max_units + 1) * 4 + layout.every * 4)
-    memory = rb * total * (layout.max_units + 2) * 4 * 2 + 2 * per_record * b  # problems (twice: the
-    return Estimate(int(store), int(memory))                                       # scan's carry) + blocks
-
-
-def check_fits(est: Estimate, out: str) -> None:
-    """Refuse, with the estimate in the message, a recording that cannot fit in the free disk
-    space (local stores) or the available memory."""
-    import shutil
-
-    import psutil
-
-    avail = psutil.virtual_memory().available
-    if est.memory > avail:
-        raise UserError(f"this recording needs about {human_bytes(est.memory)} of memory and "
-                        f"{human_bytes(avail)} is available; record fewer --runs or --params, or use "
-                        "--every to keep fewer steps")
-    if is_local(out):
-        parent = Path(out).resolve().parent
-        while not parent.exists():
-            parent = parent.parent
-        free = shutil.disk_usage(parent).free
-        if est.store > free:
-            raise UserError(f"{out}: the store needs about {human_bytes(est.store)} and {human_bytes(free)} "
-                            "is free there; free some space, keep fewer --params or --runs, use --every "
-                            "or --dtype float16, or choose another --out")
-
-
-# -- the template --------------------------------------------------------------------------------------
-def _jsonable(obj):
-    """Plain JSON types (zarr attributes are JSON)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else
-                                 (o.tolist() if hasattr(o, "tolist") else str(o))))
-
-
-def _var(name: str, data, **extra_attrs) -> xr.Variable:
-    dims, long_name, units = (RUN_VARIABLES.get(name) or RUN_COORDS[name])
-    return xr.Variable(dims, data, {"long_name": long_name, "units": units, **extra_attrs})
-
-
-def _strings(values) -> np.ndarray:
-    return np.array([str(v) for v in values], dtype=object)
-
-
-def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, dict]:
-    """The lazy template of one ``/runs/<optimizer>`` group and its encoding."""
-    task, opt = layout.task, entry.optimizer
-    d = opt.state_size
-    chunks = layout.chunks(d)
-    r, s, p, t = layout.runs, layout.n_records, layout.n_params, len(task.tensors)
-    dt = np.dtype(layout.cfg.dtype)
-    shapes = {
-        "loss": ((r, layout.steps + 1), np.float32),
-        "gradient": ((r, s, p), dt),
-        "update": ((r, s, p), dt),
-        "state": ((r, s, p, d), dt),
-        "state_mean": ((r, s, t, d), np.float32),
-        "gradient_abs_mean": ((r, s, t), np.float32),
-        "gradient_hist": ((r, t, HIST_BINS), np.int64),
-    }
-    data_vars = {name: _var(name, da.zeros(shape, dtype=dtype, chunks=chunks[name]))
-                 for name, (shape, dtype) in shapes.items()}
-    n_all = task.num_params
-    h0 = np.asarray(opt.init_state(jax.tree.map(jnp.asarray, entry.theta), n_all))[layout.flat_index]
-    data_vars["initial_state"] = _var("initial_state", h0.astype(dt))
-    data_vars["run_complete"] = _var("run_complete", np.zeros(r, dtype=bool))
-    edges = hist_edges()
-    names = [ti.name for ti in task.tensors]
-    coords = {
-        "run": _var("run", layout.seeds.astype(np.int64)),
-        "step": _var("step", layout.record_steps),
-        "loss_step": _var("loss_step", np.arange(layout.steps + 1, dtype=np.int64)),
-        "unit": _var("unit", _strings(opt.state_names)),
-        "tensor": _var("tensor", _strings(names)),
-        "tensor_layer": _var("tensor_layer", np.array([ti.layer for ti in task.tensors], np.int64)),
-        "tensor_kind": _var("tensor_kind", _strings(ti.kind for ti in task.tensors)),
-        "tensor_size": _var("tensor_size", np.array([ti.size for ti in task.tensors], np.int64)),
-        "param_tensor": _var("param_tensor", _strings(names[i] for i in layout.param_tensor)),
-        "param_layer": _var("param_layer", np.array([task.tensors[i].layer for i in layout.param_tensor], np.int64)),
-        "param_kind": _var("param_kind", _strings(task.tensors[i].kind for i in layout.param_tensor)),
-        "param_index": _var("param_index", layout.param_index),
-        "param_flat_index": _var("param_flat_index", layout.flat_index),
-        "bin": _var("bin", np.sqrt(edges[:-1] * edges[1:])),
-        "bin_edges": _var("bin_edges", edges),
-    }
-    attrs = {
-        "optimizer": _jsonable(opt.config()),
-        "state_names": list(opt.state_names),
-        "source": entry.source,
-        "spec": entry.spec,
-        **entry.attrs,
-    }
-    ds = with_label_copies(xr.Dataset(data_vars, coords=coords, attrs=_jsonable(attrs)))
-    encoding = {}
-    for name in ds.variables:
-        encoding[name] = {"compressors": COMPRESSORS}
-        if name in chunks:
-            encoding[name]["chunks"] = chunks[name]
-    return ds, encoding
-
-
-def settings_of(layout: Layout, entries: list[OptimizerEntry]) -> dict:
-    """What a resumed recording must match."""
-    cfg = layout.cfg
-    return _jsonable({
-        "task": layout.task.config(), "runs": cfg.runs, "steps": layout.steps, "every": cfg.every,
-        "params": cfg.params if cfg.params is not None else "all", "dtype": cfg.dtype, "seed": cfg.seed,
-        "optimizers": [{"name": e.name, "config": e.optimizer.config(), "source": e.source}
-                       for e in entries],
-    })
-
-
-def build_template(layout: Layout, entries: list[OptimizerEntry], command: str) -> tuple[xr.DataTree, dict]:
-    """The whole store, lazily: the tree to write with ``compute=False`` and its encoding."""
-    from lopt_trace._version import __version__
-
-    cfg = layout.cfg
-    root_attrs = {
-        "schema_version": SCHEMA_VERSION,
-        "lopt_trace_version": __version__,
-        "task": layout.task.name,
-        "task_config": layout.task.config(),
-        "created": utc_now(),
-        "command": command,
-        "seeds": [int(s) for s in layout.seeds],
-        "seed": cfg.seed,
-        "runs": cfg.runs,
-        "versions": versions(),
-        "optimizers": [e.name for e in entries],
-        "steps": layout.steps,
-        "every": cfg.every,
-        "params_per_tensor": cfg.params if cfg.params is not None else "all",
-        "dtype": cfg.dtype,
-        "record_settings": settings_of(layout, entries),
-        "manifest": MANIFEST,
-        "execution": dataclasses.asdict(layout.plan),
-    }
-    nodes = {"/": xr.Dataset(attrs=_jsonable(root_attrs)), "/runs": xr.Dataset()}
-    encoding = {}
-    meta = None
-    for e in entries:
-        ds, enc = group_dataset(layout, e)
-        nodes[f"/runs/{e.name}"] = ds
-        encoding[f"/runs/{e.name}"] = enc
-        th = theta_to_dataset(e.theta)
-        nodes[f"/runs/{e.name}/theta"] = th
-        encoding[f"/runs/{e.name}/theta"] = {v: {"compressors": COMPRESSORS} for v in th.variables}
-        if meta is None and e.meta_train is not None:
-            meta = e.meta_train.drop_encoding()
-            meta.attrs = {**meta.attrs, "optimizer": e.name}
-    if meta is not None:
-        nodes["/meta_train"] = meta
-        encoding["/meta_train"] = {v: {"compressors": COMPRESSORS} for v in meta.variables}
-    return xr.DataTree.from_dict(nodes), encoding
+    return resolve_many(task_name, specs or DEFAULT_OPTIMIZERS)
 
 
 # -- the jitted block -------------------------------------------------------------------------------------
@@ -613,59 +178,6 @@ def _cached(key, build):
     return fn
 
 
-# -- the writer ----------------------------------------------------------------------------------------------
-class _Writer(threading.Thread):
-    """Writes regions of the store from a bounded queue, in order, in a background thread."""
-
-    def __init__(self, path: str, maxsize: int = 2):
-        super().__init__(daemon=True, name="lopt-trace-writer")
-        import zarr
-
-        self.group = zarr.open_group(str(path), mode="r+", zarr_format=ZARR_FORMAT)
-        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self._arrays: dict = {}
-
-    def _array(self, key):
-        if key not in self._arrays:
-            self._arrays[key] = self.group[key]
-        return self._arrays[key]
-
-    def run(self):
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # keep draining so the producer never blocks
-            try:
-                if callable(item):  # e.g. a manifest update, after the writes queued before it
-                    item()
-                    continue
-                group, writes = item
-                for var, region, value in writes:
-                    self._array(f"runs/{group}/{var}")[region] = value
-            except BaseException as exc:  # reported to the main thread
-                self.error = exc
-
-    def put(self, item):
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if not self.is_alive():
-                    raise RuntimeError("the store writer stopped") from self.error
-
-    def close(self, raise_error: bool = True):
-        self.queue.put(None)
-        self.join()
-        if raise_error and self.error is not None:
-            raise self.error
-
-
 # -- recording ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RecordResult:
@@ -707,59 +219,6 @@ def format_mean_sem(values) -> str:
 
 class _Stop(Exception):
     pass
-
-
-_MALLOC_BOUNDED = False
-
-
-def bound_malloc_growth(threshold: int = 1 << 20) -> None:
-    """Serve allocations of ``threshold`` bytes and more with mmap, so freed blocks go back to the
-    system at once (glibc only; elsewhere nothing happens).
-
-    glibc raises its mmap threshold dynamically up to 32 MB as large arrays are freed; afterwards
-    block-sized arrays come from the heap, and with a writer thread the heap fragments, so a
-    long recording's resident memory creeps up by a few percent of the data written (measured:
-    +80 MB per 4x steps on two_moons). A fixed threshold keeps the peak flat. Called by
-    :func:`record`; it affects only how large allocations are served in this process.
-    """
-    global _MALLOC_BOUNDED
-    if _MALLOC_BOUNDED:
-        return
-    _MALLOC_BOUNDED = True
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD (also turns off the dynamic raise)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def _check_resume(out: str, layout: Layout, entries: list[OptimizerEntry]) -> tuple[Plan, dict]:
-    """Open an existing store for --resume; check it matches; return its plan and completion."""
-    try:
-        tree = xr.open_datatree(out, engine="zarr", chunks=None)
-    except Exception as exc:
-        raise UserError(f"{out} is not a complete store ({type(exc).__name__}); start again with --overwrite") from None
-    attrs = tree.attrs
-    if attrs.get("schema_version") != SCHEMA_VERSION or "record_settings" not in attrs:
-        raise UserError(f"{out} is not a store this lopt-trace can resume (schema "
-                        f"{attrs.get('schema_version')!r}); start again with --overwrite")
-    want, have = settings_of(layout, entries), attrs["record_settings"]
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise UserError(f"{out} was recorded with other settings ({', '.join(diff)} differ); resume "
-                        "with the same options, or start again with --overwrite")
-    done = {}
-    for e in entries:
-        node = tree["runs"][e.name]
-        stored = theta_from_dataset(node["theta"].to_dataset(inherit=False))
-        if set(stored) != set(e.theta) or any(not np.array_equal(stored[k], e.theta[k]) for k in stored):
-            raise UserError(f"{out}: the θ of {e.name} differs from the one given now; resume with the "
-                            "same optimizer, or start again with --overwrite")
-        done[e.name] = np.asarray(node["run_complete"].values, dtype=bool)
-    return Plan(**attrs["execution"]), done
 
 
 def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
@@ -806,22 +265,14 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
         if lock.took_over and progress:
             print(f"note: took over the stale lock of pid {lock.took_over.get('pid')}")
         if resume:
-            stored_plan, done = _check_resume(out, layout, entries)
-            layout = dataclasses.replace(layout, plan=stored_plan)
+            execution, done = check_resume(out, layout, entries)
+            layout = dataclasses.replace(layout, plan=Plan(**execution))
         else:
-            if there:
-                remove(out)
-            if is_local(out):
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-            with quiet_zarr_writes():
-                template.to_zarr(out, mode="w-", compute=False, consolidated=True,
-                                 zarr_format=ZARR_FORMAT, encoding=encoding)
+            create_store(out, template, encoding, replace=there)
             done = {e.name: np.zeros(layout.runs, dtype=bool) for e in entries}
             update_manifest(out, done)  # the metadata, coordinates and θ, final from now on
         blocks = _compute(layout, entries, out, done, progress, stop_after, callback)
-        import zarr
-
-        group = zarr.open_group(out, mode="r", zarr_format=ZARR_FORMAT)
+        group = open_for_writing(out, mode="r")
         flags = {e.name: np.asarray(group[f"runs/{e.name}/run_complete"][:], dtype=bool) for e in entries}
         update_manifest(out, flags)  # everything that is final (all of it when every run is done)
 

@@ -29,7 +29,7 @@ from lopt_trace.analysis import (
     select_optimizer,
     update_function,
 )
-from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import analysis_start, gradient_max, gradient_quantile
 

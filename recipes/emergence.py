@@ -59,7 +59,7 @@ from lopt_trace.analysis import (
     saturation,
     stack_thetas,
 )
-from lopt_trace.analysis._common import attrs, strings
+from lopt_trace.analysis.conventions import attrs, strings
 from lopt_trace.analysis.checkpoints import (
     CHECKPOINT,
     STRENGTH,

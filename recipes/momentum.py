@@ -37,7 +37,7 @@ from lopt_trace.analysis import (
     sample_states,
     select_optimizer,
 )
-from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.fixed_points import LEFT_RANGE, STALLED, free_mask
 from lopt_trace.analysis.linearization import NONLINEAR_ERROR as NONLINEAR
 from lopt_trace.analysis.linearization import held_modes, momentum_mode

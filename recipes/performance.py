@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis import optimizer_names, run_group
-from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.results import run_recipe
 
 NAME = "performance"

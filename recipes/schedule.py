@@ -17,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis import autonomous, effective_learning_rate, rebuild, run_group, select_optimizer
-from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import analysis_start, mean_state
 

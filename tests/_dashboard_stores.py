@@ -1,9 +1,10 @@
-"""Small schema-v1 stores for the dashboard and report tests (built once per test session).
+"""Small schema-v1 stores for the dashboard and report tests (built once per test session by the
+fixtures ``full_store`` and ``baselines_store`` of ``conftest.py``).
 
-- ``full_store()``: two moons (an MLP: weights and biases in four layers), a small GRU as
+- ``build_full_store``: two moons (an MLP: weights and biases in four layers), a small GRU as
   ``learned`` (with a made-up three-checkpoint meta-training history) plus SGD and momentum, every
   recipe's ``/analysis/*`` group computed with cheap parameters.
-- ``baselines_store()``: the same recording without the learned optimizer, and no analysis.
+- ``build_baselines_store``: the same recording without the learned optimizer, and no analysis.
 
 The recording is made by the real recorder (:func:`lopt_trace.recorder.record`); the analyses are
 the real recipes, loaded through :mod:`lopt_trace.recipes_loader`.
@@ -11,10 +12,7 @@ the real recipes, loaded through :mod:`lopt_trace.recipes_loader`.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import shutil
-import tempfile
 import warnings
 
 import jax
@@ -34,17 +32,6 @@ CHEAP = {
     "emergence": {"n_starts": 8, "num": 5, "clip_num": 201},
     "distill": {"problems": 4, "bootstrap": 100},
 }
-
-_TMP = None
-
-
-def tmpdir() -> str:
-    global _TMP
-    if _TMP is None:
-        _TMP = tempfile.mkdtemp(prefix="lopt-trace-dashboard-tests-")
-        atexit.register(shutil.rmtree, _TMP, True)
-    return _TMP
-
 
 def _task():
     from lopt_trace.tasks import get_task
@@ -78,10 +65,9 @@ def run_recipes(path: str, names=None) -> dict:
     return failed
 
 
-@functools.lru_cache(maxsize=None)
-def _recorded() -> str:
+def record_base(path) -> str:
     """Two moons, 3 runs of 16 steps (every 2nd kept, 6 parameters per tensor) with the learned
-    GRU, SGD and momentum (tuned θ where bundled), recorded once per session by the recorder."""
+    GRU, SGD and momentum (tuned θ where bundled), recorded by the recorder into ``path``."""
     from lopt_trace.recorder import OptimizerEntry, RecordConfig, record, resolve_optimizer
 
     from lopt_trace.metatrain import history_dataset
@@ -95,16 +81,15 @@ def _recorded() -> str:
     entries = [OptimizerEntry("learned", gru, theta, "test", "a random GRU (tests/_dashboard_stores.py)",
                               meta_train=history)]
     entries += [resolve_optimizer(name, "two_moons") for name in ("sgd", "momentum")]
-    path = f"{tmpdir()}/recorded.zarr"
-    record(_task(), entries, RecordConfig(runs=3, steps=16, params=6, every=2), path, progress=False)
-    return path
+    record(_task(), entries, RecordConfig(runs=3, steps=16, params=6, every=2), str(path), progress=False)
+    return str(path)
 
 
-def _tree() -> xr.DataTree:
+def _tree(recorded: str) -> xr.DataTree:
     """The recorded store, loaded (it is small), without /analysis."""
     from lopt_trace.store import open_store
 
-    tree = open_store(_recorded()).load()
+    tree = open_store(recorded).load()
     nodes = {node.path: node.to_dataset(inherit=False).drop_encoding() for node in tree.subtree
              if not node.path.startswith("/analysis")}
     return xr.DataTree.from_dict(nodes)
@@ -132,17 +117,15 @@ def without(tree: xr.DataTree, drop: list[str]) -> xr.DataTree:
     return xr.DataTree.from_dict(nodes)
 
 
-@functools.lru_cache(maxsize=None)
-def full_store(path: str | None = None) -> str:
-    """learned + sgd + momentum, with every recipe's result (cheap parameters)."""
-    path = path or f"{tmpdir()}/full.zarr"
+def build_full_store(recorded: str, path) -> tuple[str, dict]:
+    """learned + sgd + momentum, with every recipe's result (cheap parameters): a copy of
+    ``recorded`` at ``path``; returns the path and {recipe: error} of the recipes that failed."""
+    path = str(path)
     remove(path)
-    shutil.copytree(_recorded(), path)
-    full_store.failed = run_recipes(path)
-    return path
+    shutil.copytree(recorded, path)
+    return path, run_recipes(path)
 
 
-@functools.lru_cache(maxsize=None)
-def baselines_store(path: str | None = None) -> str:
+def build_baselines_store(recorded: str, path) -> str:
     """sgd + momentum only (no learned optimizer), and no /analysis."""
-    return write(without(_tree(), ["learned"]), path or f"{tmpdir()}/baselines.zarr")
+    return write(without(_tree(recorded), ["learned"]), path)

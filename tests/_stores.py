@@ -2,15 +2,11 @@
 
 The ground-truth optimizers (momentum, SGD, clipped SGD, RMSProp, a GRU built by hand to implement
 momentum) go through exactly the path a user's store takes: ``record`` writes schema v1 and
-``lopt_trace.open_store`` opens and validates it.
+``lopt_trace.open_store`` opens and validates it. The shared stores are built once per session by
+the fixtures ``ground_truth_store`` and ``two_moons_store`` of ``conftest.py``.
 """
 
 from __future__ import annotations
-
-import atexit
-import functools
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -36,24 +32,13 @@ def open_store(path) -> xr.DataTree:
     return _open_store(path)
 
 
-# -- shared stores for the analysis tests (built once per test session) ---------------------------
-
-_TMP = None
-
+# -- shared stores for the analysis tests (built once per session: conftest.py) -------------------
 #: hyperparameters of the ground-truth optimizers
 GT = {"momentum": {"learning_rate": 0.05, "beta": 0.8},
       "sgd": {"learning_rate": 0.1},
       "clip": 0.3,
       "rmsprop": {"learning_rate": 0.01, "decay": 0.9, "eps": 1e-8},
       "gru": {"beta": 0.7, "learning_rate": 0.04}}
-
-
-def _tmpdir():
-    global _TMP
-    if _TMP is None:
-        _TMP = tempfile.mkdtemp(prefix="lopt-trace-analysis-tests-")
-        atexit.register(shutil.rmtree, _TMP, True)
-    return _TMP
 
 
 def _f32(d):
@@ -74,18 +59,15 @@ def ground_truth_optimizers() -> dict:
     }
 
 
-@functools.cache
-def ground_truth_store() -> str:
+def build_ground_truth_store(path) -> str:
     """A linear-regression store with momentum, SGD, clipped SGD, RMSProp and the hand-built
     momentum GRU (as ``learned``): 3 runs of 40 steps."""
     from lopt_trace.tasks import get_task
 
-    path = f"{_tmpdir()}/ground_truth.zarr"
     return make_store(path, get_task("linear_regression", steps=40), ground_truth_optimizers(), runs=3)
 
 
-@functools.cache
-def two_moons_store() -> str:
+def build_two_moons_store(path) -> str:
     """A small two-moons store (4 parameters kept per tensor, every 2nd step) with a random GRU
     as ``learned``."""
     from lopt_trace.optimizers import LearnedGRU
@@ -95,7 +77,6 @@ def two_moons_store() -> str:
     theta = gru.init_theta(jax.random.PRNGKey(3))
     theta = {**theta, "readout": jax.random.normal(jax.random.PRNGKey(4), (4,)),
              "b_h": 0.3 * jax.random.normal(jax.random.PRNGKey(5), (4,))}
-    path = f"{_tmpdir()}/two_moons.zarr"
     return make_store(path, get_task("two_moons", steps=12, n_samples=128),
                       {"learned": (gru, theta)},
                       runs=2, every=2, params_per_tensor=4)

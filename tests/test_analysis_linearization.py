@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
-from _stores import GT, ground_truth_store, open_store
+from _stores import GT, open_store
 
 from lopt_trace.analysis import (
     fixed_points,
@@ -20,8 +20,8 @@ from lopt_trace.optimizers import LearnedGRU
 
 
 @pytest.fixture(scope="module")
-def tree():
-    return open_store(ground_truth_store())
+def tree(ground_truth_store):
+    return open_store(ground_truth_store)
 
 
 def _main_fixed_point(tree, name, n=32):

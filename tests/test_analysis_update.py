@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
-from _stores import GT, ground_truth_store, open_store
+from _stores import GT, open_store
 
 from lopt_trace.analysis import (
     effective_learning_rate,
@@ -18,8 +18,8 @@ from lopt_trace.analysis import (
 
 
 @pytest.fixture(scope="module")
-def tree():
-    return open_store(ground_truth_store())
+def tree(ground_truth_store):
+    return open_store(ground_truth_store)
 
 
 def test_sgd_update_function_is_linear_with_slope_minus_alpha_at_every_state(tree):

@@ -25,6 +25,21 @@ print("HEAVY=" + ",".join(heavy))
 def test_light_registries_agree_with_the_real_ones():
     assert defaults.TASK_NAMES == tuple(TASKS)
     assert recorder.DEFAULT_OPTIMIZERS == defaults.DEFAULT_OPTIMIZERS
+    from lopt_trace import bundled
+    from lopt_trace.optimizers import BASELINES
+
+    assert defaults.ALL_OPTIMIZERS == (*bundled.LEARNED, *BASELINES)
+
+
+def test_one_recipe_registry():
+    from lopt_trace import recipes_loader, report
+    from lopt_trace.dashboard.data import RECIPE_ROLES
+
+    assert report.RECIPES == recipes_loader.ORDER and list(RECIPE_ROLES) == list(recipes_loader.ORDER)
+    # one report figure per recipe, numbered as the registry says
+    assert [f.__name__.removeprefix("figure_") for f in report.FIGURES] == [
+        r.figure.removeprefix("Fig. ") for r in recipes_loader.REGISTRY]
+    assert set(recipes_loader.ORDER) <= set(recipes_loader.available())
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["record", "--help"], ["record", "--task", "nope"],

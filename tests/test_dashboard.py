@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from _dashboard_stores import baselines_store, full_store, tmpdir
 
 from lopt_trace.dashboard import StoreView, build_app
 from lopt_trace.dashboard import gradients, linear_dynamics, overview, state_space, update_functions
@@ -18,15 +17,15 @@ from lopt_trace.dashboard._common import hv
 
 
 @pytest.fixture(scope="module")
-def full():
-    path = full_store()
-    assert not getattr(full_store, "failed", {}), full_store.failed  # every recipe ran
+def full(full_store_and_failures):
+    path, failed = full_store_and_failures
+    assert not failed, failed  # every recipe ran
     return StoreView(path)
 
 
 @pytest.fixture(scope="module")
-def base():
-    return StoreView(baselines_store())
+def base(baselines_store):
+    return StoreView(baselines_store)
 
 
 def elements(obj, kind):
@@ -255,10 +254,10 @@ def test_every_tab_builds(which, full, base):
 
 
 # -- report ----------------------------------------------------------------------------------------
-def test_report_has_every_figure_inlined(full):
+def test_report_has_every_figure_inlined(full, tmp_path):
     from lopt_trace.report import write_report
 
-    out = f"{tmpdir()}/report.html"
+    out = f"{tmp_path}/report.html"
     res = write_report(full.path, out, compute=False, overwrite=True)
     page = open(out, encoding="utf-8").read()
     assert [f.key for f in res.figures] == ["fig1", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"]
@@ -272,10 +271,10 @@ def test_report_has_every_figure_inlined(full):
         assert f.caption and f.numbers
 
 
-def test_report_of_a_baselines_store_says_what_to_run(base):
+def test_report_of_a_baselines_store_says_what_to_run(base, tmp_path):
     from lopt_trace.report import write_report
 
-    out = f"{tmpdir()}/report-base.html"
+    out = f"{tmp_path}/report-base.html"
     res = write_report(base.path, out, compute=False, overwrite=True)
     ok = {f.key: f.ok for f in res.figures}
     assert ok["fig1"] and not ok["fig3"] and not ok["fig5"]
@@ -283,7 +282,7 @@ def test_report_of_a_baselines_store_says_what_to_run(base):
     assert f"lopt-trace analyze momentum {base.path}" in page
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, baselines_store):
     def run(*argv):
         return subprocess.run([sys.executable, "-m", "lopt_trace.cli", *argv], capture_output=True, text=True,
                               timeout=120)
@@ -292,5 +291,5 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "no store at" in r.stderr and "Traceback" not in r.stderr
     out = tmp_path / "r.html"
     out.write_text("keep")
-    r = run("report", baselines_store(), "--out", str(out), "--no-compute")
+    r = run("report", baselines_store, "--out", str(out), "--no-compute")
     assert r.returncode == 2 and "--overwrite" in r.stderr and out.read_text() == "keep"

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-from _dashboard_stores import full_store
 
 from lopt_trace.dashboard.screenshots import (CANVASES, TABS, free_port, start_dashboard, tab_class,
                                               wait_for_server)
@@ -52,8 +51,8 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server():
-    store = full_store()
+def server(full_store):
+    store = full_store
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "dashboard-server.log", "w")
     started = time.perf_counter()
@@ -152,14 +151,14 @@ def test_a_widget_change_updates_a_plot(browser, server):
 
 
 @pytest.mark.slow
-def test_the_report_opens_offline_with_every_figure(browser):
+def test_the_report_opens_offline_with_every_figure(browser, full_store):
     from lopt_trace.report import FIGURES, write_report
 
     out = ARTIFACTS / "report.html"
     pngs = ARTIFACTS / "report-png"
     shutil.rmtree(pngs, ignore_errors=True)
     png_dir = pngs if shutil.which("chromedriver") or os.environ.get("CI") else None
-    res = write_report(full_store(), out, compute=False, overwrite=True)
+    res = write_report(full_store, out, compute=False, overwrite=True)
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     errors = _watch(page)
     requests = []

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _stores import GT, ground_truth_store, make_store
+from _stores import GT, make_store
 
 from lopt_trace import recipes_loader
 from lopt_trace.analysis import read_result
@@ -36,17 +36,17 @@ CHEAP = {"momentum": {"n_starts": 8, "max_iter": 40, "n_error": 32, "forward_ste
 PROBLEMS = 8
 
 
-def _analysed(path, optimizer):
-    shutil.copytree(ground_truth_store(), path)
+def _analysed(store, path, optimizer):
+    shutil.copytree(store, path)
     for recipe, params in CHEAP.items():
         recipes_loader.load(recipe).run(str(path), optimizer=optimizer, **params)
     return str(path)
 
 
 @pytest.fixture(scope="module")
-def gru_store(tmp_path_factory):
+def gru_store(tmp_path_factory, ground_truth_store):
     """The ground-truth store with the four analyses of ``learned`` (the momentum GRU)."""
-    return _analysed(tmp_path_factory.mktemp("distill") / "gru.zarr", "learned")
+    return _analysed(ground_truth_store, tmp_path_factory.mktemp("distill") / "gru.zarr", "learned")
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +137,8 @@ def test_distilling_the_momentum_gru_gives_momentum_and_its_curves(gru_result):
 
 
 @pytest.mark.slow
-def test_distilling_tuned_momentum_gives_momentum_back(tmp_path):
-    store = _analysed(tmp_path / "mom.zarr", "momentum")
+def test_distilling_tuned_momentum_gives_momentum_back(tmp_path, ground_truth_store):
+    store = _analysed(ground_truth_store, tmp_path / "mom.zarr", "momentum")
     ds = distill(store, "momentum", problems=4, bootstrap=100, write=False)
     d = ds.attrs["distilled"]
     assert abs(d["beta"] - GT["momentum"]["beta"]) < 1e-6
@@ -202,9 +202,9 @@ def _one_line_error(capsys, argv, *fragments):
         assert fragment in err, err
 
 
-def test_cli_errors_are_one_line(capsys, tmp_path, gru_store):
+def test_cli_errors_are_one_line(capsys, tmp_path, gru_store, ground_truth_store):
     bare = str(tmp_path / "bare.zarr")
-    shutil.copytree(ground_truth_store(), bare)
+    shutil.copytree(ground_truth_store, bare)
     _one_line_error(capsys, ["distill", bare, "--no-progress"], "/analysis/momentum",
                     f"lopt-trace analyze all {bare} --optimizer learned")
     _one_line_error(capsys, ["distill", gru_store, "--optimizer", "sgd", "--no-progress"],

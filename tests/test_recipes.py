@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
-from _stores import GT, ground_truth_store, open_store, two_moons_store
+from _stores import GT, open_store
 
 from lopt_trace import recipes_loader
 from lopt_trace.analysis import read_result, write_result
@@ -16,10 +16,10 @@ RECIPES = ["performance", "momentum", "clipping", "schedule", "adaptation", "lay
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
+def analysed(tmp_path_factory, ground_truth_store):
     """A copy of the ground-truth store after `lopt-trace analyze all`, and what it printed."""
     path = tmp_path_factory.mktemp("recipes") / "gt.zarr"
-    shutil.copytree(ground_truth_store(), path)
+    shutil.copytree(ground_truth_store, path)
     return path
 
 
@@ -96,8 +96,8 @@ def test_running_again_replaces_the_group(analysed, capsys):
         ["momentum", "sgd", "sgd_clip", "rmsprop", "learned"])  # nothing else touched
 
 
-def test_ground_truth_through_the_recipes():
-    tree = open_store(ground_truth_store())
+def test_ground_truth_through_the_recipes(ground_truth_store):
+    tree = open_store(ground_truth_store)
     mom = recipes_loader.load("momentum").compute(tree, optimizer="momentum", n_starts=16)
     assert mom.sizes["mode"] == 1 and mom.attrs["n_fixed_points"] == 1
     assert mom.attrs["slowest_beta"] == pytest.approx(GT["momentum"]["beta"], rel=1e-6)
@@ -115,12 +115,12 @@ def test_ground_truth_through_the_recipes():
     assert np.isinf(sgd.attrs["threshold"]) and clip.summary(sgd).startswith("clipping: no saturation")
 
 
-def test_performance_meta_objective_matches_unroll():
+def test_performance_meta_objective_matches_unroll(ground_truth_store):
     import jax.numpy as jnp
 
     from lopt_trace.unroll import meta_objective
 
-    tree = open_store(ground_truth_store())
+    tree = open_store(ground_truth_store)
     ds = recipes_loader.load("performance").compute(tree)
     assert list(ds["optimizer"].values) == ["momentum", "sgd", "sgd_clip", "rmsprop", "learned"]
     for name in ds["optimizer"].values:
@@ -132,8 +132,8 @@ def test_performance_meta_objective_matches_unroll():
         np.testing.assert_allclose(ds["loss_sem"].sel(optimizer=name), loss.std(0, ddof=1) / np.sqrt(3), rtol=1e-5)
 
 
-def test_layers_on_a_multi_tensor_store():
-    tree = open_store(two_moons_store())
+def test_layers_on_a_multi_tensor_store(two_moons_store):
+    tree = open_store(two_moons_store)
     ds = recipes_loader.load("layers").compute(tree)
     assert ds.sizes["tensor"] == 8 and sorted(ds["kind"].values) == ["bias", "weight"]
     # the per-kind mean state is the size-weighted mean of the tensors of that kind
@@ -150,10 +150,10 @@ def test_layers_on_a_multi_tensor_store():
     assert recipes_loader.load("layers").summary(ds).startswith("layers: effective LR at the last step")
 
 
-def test_scheduler_option_uses_a_distributed_client(tmp_path, capsys):
+def test_scheduler_option_uses_a_distributed_client(tmp_path, capsys, two_moons_store):
     distributed = pytest.importorskip("dask.distributed")
     path = tmp_path / "s.zarr"
-    shutil.copytree(two_moons_store(), path)
+    shutil.copytree(two_moons_store, path)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         assert cluster.scheduler.transition_counter == 0
@@ -164,14 +164,14 @@ def test_scheduler_option_uses_a_distributed_client(tmp_path, capsys):
     assert ran > 0 and any("open_dataset" in p for p in prefixes)  # the store was read on the cluster
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["analyze", "nope", ground_truth_store()]) == 2
+def test_cli_errors_are_one_line(tmp_path, capsys, ground_truth_store):
+    assert main(["analyze", "nope", ground_truth_store]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
     assert main(["analyze", "momentum", str(tmp_path / "missing.zarr")]) == 2
     assert "no store at" in capsys.readouterr().err
-    assert main(["analyze", "momentum", ground_truth_store(), "-p", "bogus=1"]) == 2
+    assert main(["analyze", "momentum", ground_truth_store, "-p", "bogus=1"]) == 2
     assert "unknown option 'bogus'" in capsys.readouterr().err
-    assert main(["analyze", "momentum", ground_truth_store(), "--optimizer", "lion", "--no-write"]) == 2
+    assert main(["analyze", "momentum", ground_truth_store, "--optimizer", "lion", "--no-write"]) == 2
     assert "no optimizer 'lion'" in capsys.readouterr().err
 
 
@@ -219,13 +219,13 @@ def test_momentum_summary_names_the_dominant_and_the_slowest_mode_and_flags_nonl
 
 
 @pytest.mark.slow
-def test_every_recipe_on_a_two_process_cluster_equals_the_local_result():
+def test_every_recipe_on_a_two_process_cluster_equals_the_local_result(two_moons_store):
     """Issue #13: the analyses run unchanged on dask.distributed (2 worker processes): every
     recipe's result equals the one computed with the local scheduler."""
     distributed = pytest.importorskip("dask.distributed")
     from lopt_trace.analysis import open_for_analysis
 
-    tree = open_for_analysis(two_moons_store())
+    tree = open_for_analysis(two_moons_store)
     mods = {}
     for name in recipes_loader.available():
         mod = recipes_loader.load(name)
@@ -236,7 +236,7 @@ def test_every_recipe_on_a_two_process_cluster_equals_the_local_result():
     local = {name: mod.compute(tree) for name, mod in mods.items()}
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        remote = {name: mod.compute(open_for_analysis(two_moons_store())) for name, mod in mods.items()}
+        remote = {name: mod.compute(open_for_analysis(two_moons_store)) for name, mod in mods.items()}
         assert len(client.scheduler_info()["workers"]) == 2
         assert cluster.scheduler.transition_counter > 0  # the reads ran on the cluster
     for name in mods:

@@ -14,6 +14,7 @@ import pytest
 
 from lopt_trace import bundled, open_store
 from lopt_trace.cli import main
+from lopt_trace.errors import UserError
 from lopt_trace.metatrain import history_dataset
 from lopt_trace.optimizers import LearnedGRU
 from lopt_trace.optimizers.io import save_optimizer
@@ -118,6 +119,20 @@ def test_bad_inputs_one_line_exit_2(argv, message, tmp_path, capsys):
     assert message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not os.path.exists(out)
+
+
+def test_optimizer_file_of_another_task_is_refused(opt_file, tmp_path, capsys):
+    """record and compare resolve optimizers alike (lopt_trace.optimizers.sources): a file
+    meta-trained on another task is refused in one line that says what to pass instead."""
+    from lopt_trace.compare import resolve
+
+    out = str(tmp_path / "r.zarr")
+    assert cli(["record", "--task", "rosenbrock", "--optimizer", opt_file, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"was meta-trained on {TASK!r}, not 'rosenbrock'" in err and "--task rosenbrock" in err
+    assert len(err.strip().splitlines()) == 1 and not os.path.exists(out)
+    with pytest.raises(UserError, match="meta-trained on"):
+        resolve("rosenbrock", ["learned"], learned=opt_file)
 
 
 def test_learned_without_bundled_optimizer_says_how_to_train(tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-UNIT = "unit"
+from lopt_trace.analysis.conventions import UNIT, attrs, strings  # noqa: F401 - re-exported
 
 
 @contextlib.contextmanager
@@ -86,17 +86,6 @@ def unbatch(values, batch_dims, shape, coords, extra_dims=(), extra_coords=None,
     coords.update(extra_coords or {})
     return xr.DataArray(values, dims=tuple(batch_dims) + tuple(extra_dims), coords=coords,
                         name=name, attrs=attrs or {})
-
-
-def attrs(long_name: str, units: str = "1", **extra) -> dict:
-    """Variable attributes in the store's convention."""
-    return {"long_name": long_name, "units": units, **extra}
-
-
-def strings(values) -> np.ndarray:
-    """Any array of strings (NumPy StringDType, fixed width or object) as an object array of str."""
-    return np.array([str(v) for v in np.asarray(values, dtype=object).ravel()],
-                    dtype=object).reshape(np.shape(values))
 
 
 def as_vector(x, dim: str) -> xr.DataArray:

@@ -13,6 +13,7 @@ import xarray as xr
 
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer, make_optimizer
+from lopt_trace.optimizers.sources import tuned_entry
 from lopt_trace.theta import theta_from_dataset
 
 
@@ -102,16 +103,9 @@ def baseline_hyperparameters(tree: xr.DataTree, name: str) -> dict | None:
     task = tree.attrs.get("task")
     if not task:
         return None
-    import json
-
-    from lopt_trace import bundled
-
     try:
-        path = bundled.tuned_path(str(task))
-        if path.is_file():
-            entry = json.loads(path.read_text()).get("optimizers", {}).get(name)
-            if entry and "theta" in entry:
-                return {k: float(v) for k, v in entry["theta"].items()}
-    except (OSError, ValueError, FileNotFoundError):
+        entry = tuned_entry(str(task), name)
+    except (OSError, ValueError, UserError):  # an unreadable bundled file: no hyperparameters
         return None
+    return None if entry is None else {k: float(v) for k, v in entry["theta"].items()}
     return None

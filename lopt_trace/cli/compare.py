@@ -8,7 +8,7 @@ from lopt_trace.cli import existing_file, nonnegative_int, output_path, positive
 
 
 def optimizer_name(text: str) -> str:
-    from lopt_trace.compare import ALL_OPTIMIZERS
+    from lopt_trace.defaults import ALL_OPTIMIZERS
 
     if text != "all" and text not in ALL_OPTIMIZERS and not text.startswith("optax:"):
         raise argparse.ArgumentTypeError(

@@ -1,25 +1,15 @@
-"""Shared pieces of the dashboard panels: HoloViews set-up, plot sizes, colours, and the notice a
-panel shows when what it needs is not in the store."""
+"""Shared pieces of the dashboard panels: Panel set-up, widgets, and the notice a panel shows when
+what it needs is not in the store (how plots look is :mod:`lopt_trace.dashboard.style`, re-exported
+here)."""
 
 from __future__ import annotations
 
 import threading
 import traceback
 
-import numpy as np
 
-#: plot sizes (pixels)
-WIDTH, HEIGHT = 520, 360
-SMALL = dict(width=360, height=280)
-#: above this many points, clouds are rasterized (datashader) instead of drawn point by point
-RASTERIZE_ABOVE = 50_000
-
-
-def hv():
-    """``holoviews`` with the Bokeh backend loaded."""
-    from lopt_trace.analysis.plotting import holoviews
-
-    return holoviews()
+from lopt_trace.dashboard.style import (HEIGHT, RASTERIZE_ABOVE, SMALL, WIDTH, finite_range, hv,  # noqa: F401
+                                       palette, strings)
 
 
 def pn():
@@ -38,33 +28,6 @@ def widget(cls, label: str, **kwargs):
     if "button_type" in kwargs and "color" in cls.param:
         kwargs["color"] = kwargs.pop("button_type")
     return cls(**{key: label}, **kwargs)
-
-
-def palette(n: int) -> list[str]:
-    """``n`` distinct colours (category10, then category20)."""
-    from bokeh.palettes import Category10_10, Category20_20
-
-    base = list(Category10_10) if n <= 10 else list(Category20_20)
-    return [base[i % len(base)] for i in range(n)]
-
-
-def strings(values) -> list[str]:
-    return [str(v) for v in np.asarray(values, dtype=object).ravel()]
-
-
-def finite_range(*arrays, pad: float = 0.05, log: bool = False) -> tuple[float, float] | None:
-    """(lo, hi) of the finite values of ``arrays`` (positive ones when ``log``), padded."""
-    vals = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays else np.array([])
-    vals = vals[np.isfinite(vals)]
-    if log:
-        vals = vals[vals > 0]
-    if vals.size == 0:
-        return None
-    lo, hi = float(vals.min()), float(vals.max())
-    if log:
-        return lo / (1 + pad * 4), hi * (1 + pad * 4)
-    span = hi - lo or max(abs(hi), 1.0) * 0.1
-    return lo - pad * span, hi + pad * span
 
 
 def notice(text: str, kind: str = "info"):

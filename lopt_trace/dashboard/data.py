@@ -13,21 +13,15 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis.rebuild import open_for_analysis, optimizer_names, select_optimizer
+from lopt_trace import recipes_loader
+from lopt_trace.analysis.rebuild import open_for_analysis, optimizer_names, rebuild, select_optimizer
 from lopt_trace.errors import UserError
-from lopt_trace.zarr_io import is_local
+from lopt_trace.store.sizes import human_bytes as store_human_bytes
+from lopt_trace.store.sizes import size_on_disk
+from lopt_trace.store.zarr_io import is_local
 
-#: the recipes the dashboard and report know about, and what each adds
-RECIPE_ROLES = {
-    "performance": "meta-objectives and loss curves of every optimizer (Fig. 1)",
-    "momentum": "fixed points at g* = 0, Jacobian eigenvalues, per-mode α and β (Fig. 3)",
-    "clipping": "update-function saturation threshold (Fig. 4)",
-    "schedule": "effective learning rate without gradients (Fig. 5)",
-    "adaptation": "fixed points along the g* sweep: the S-curve (Fig. 6)",
-    "layers": "per-tensor trajectories and gradient histograms (Fig. 7)",
-    "emergence": "every mechanism at every θ checkpoint of the meta-training history (Fig. 8)",
-    "distill": "an optimizer built from the mechanisms found, against the learned one and tuned momentum (Fig. 9)",
-}
+#: the recipes the dashboard and report know about, and what each adds (from the registry)
+RECIPE_ROLES = recipes_loader.ROLES
 
 
 def _strings(values) -> list[str]:
@@ -111,7 +105,7 @@ class StoreView:
         if not names:
             return None
         if "learned" not in names:
-            for recipe in ("momentum", "clipping", "adaptation", "schedule", "layers", "emergence"):
+            for recipe in recipes_loader.PER_OPTIMIZER:
                 analysed = self.analysis_optimizer(recipe)
                 if analysed in names:
                     return analysed
@@ -128,8 +122,6 @@ class StoreView:
         """``(optimizer, θ)`` of a group, cached."""
         key = ("rebuild", name)
         if key not in self.cache:
-            from lopt_trace.analysis.rebuild import rebuild
-
             self.cache[key] = rebuild(self.tree, name)
         return self.cache[key]
 
@@ -168,17 +160,13 @@ class StoreView:
     def command(self, recipe: str, optimizer: str | None = None) -> str:
         """The command that computes ``recipe`` for this store (``lopt-trace distill`` for the
         recipes ``analyze all`` leaves out)."""
-        from lopt_trace.recipes_loader import ON_DEMAND
-
         opt = f" --optimizer {optimizer}" if optimizer and recipe != "performance" else ""
-        if recipe in ON_DEMAND:
+        if recipe in recipes_loader.ON_DEMAND:
             return f"lopt-trace {recipe} {self.path or 'STORE'}{opt}"
         return f"lopt-trace analyze {recipe} {self.path or 'STORE'}{opt}"
 
     def compute(self, recipe: str, optimizer: str | None = None, **params) -> xr.Dataset:
         """Run a recipe (through the recipes loader), write ``/analysis/<recipe>``, re-open."""
-        from lopt_trace import recipes_loader
-
         if self.path is None:
             raise UserError("this store was opened from memory; run the recipe on a store path")
         module = recipes_loader.load(recipe)
@@ -193,10 +181,7 @@ class StoreView:
         """Bytes on disk of a local store (None for URLs and in-memory trees)."""
         if self.path is None or not is_local(self.path):
             return None
-        root = Path(self.path.removeprefix("file://"))
-        if root.is_file():
-            return root.stat().st_size
-        return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        return size_on_disk(self.path)
 
     def runs(self, name: str) -> list[int]:
         return [int(r) for r in self.group(name)["run"].values]
@@ -206,13 +191,8 @@ class StoreView:
 
 
 def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n} B"
+    """:func:`lopt_trace.store.human_bytes`, and ``n/a`` for None."""
+    return "n/a" if n is None else store_human_bytes(n)
 
 
 __all__ = ["StoreView", "RECIPE_ROLES", "human_bytes"]

@@ -20,7 +20,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from lopt_trace import seeds as seedlib
-from lopt_trace.analysis._common import attrs
+from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.rebuild import rebuild, run_group, select_optimizer
 from lopt_trace.distill.build import build
 from lopt_trace.distill.evaluate import (DISTILLED, LEARNED, MOMENTUM, Variant, curve_gap, loss_curves,

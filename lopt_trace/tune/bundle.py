@@ -1,4 +1,5 @@
-"""The ``/tune`` tree and ``data/tuned/<task>.json``: bundling selected configurations and reading them back."""
+"""The ``/tune`` tree and ``data/tuned/<task>.json``: bundling selected configurations (read back by
+:mod:`lopt_trace.optimizers.sources`, whose ``read_tuned`` and ``tuned_theta`` are re-exported here)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
-import jax.numpy as jnp
 import xarray as xr
 
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import BASELINES
+from lopt_trace.optimizers.sources import read_tuned as load_tuned
+from lopt_trace.optimizers.sources import tuned_theta  # noqa: F401 - re-exported by lopt_trace.tune
 from lopt_trace.provenance import command_line, utc_now, versions
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune.curves import tuning_curve
@@ -35,20 +37,6 @@ def _group(name: str) -> str:
 
         return optax_label(name)
     return name
-
-
-def load_tuned(path: str | os.PathLike) -> dict:
-    """Read a tuned-hyperparameter file; ``{"task", "optimizers": {}}`` when it does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return {"task": None, "optimizers": {}}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable tuned-hyperparameter file ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("optimizers"), dict):
-        raise UserError(f"{path} is not a tuned-hyperparameter file (no 'optimizers' mapping)")
-    return data
 
 
 def bundle_best(results: dict[str, xr.Dataset], path: str | os.PathLike,
@@ -107,17 +95,3 @@ def bundle_best(results: dict[str, xr.Dataset], path: str | os.PathLike,
 def _order(name: str) -> tuple[int, str]:
     order = list(BASELINES)
     return (order.index(name) if name in order else len(order), name)
-
-
-def tuned_theta(task: str, optimizer: str, path: str | os.PathLike | None = None) -> dict | None:
-    """The bundled tuned θ of ``optimizer`` for ``task`` (float32 arrays), or None if absent."""
-    from lopt_trace import bundled
-
-    if path is not None and not Path(path).is_file():  # given explicitly: missing is an error
-        raise UserError(f"no tuned-hyperparameter file at {path}")
-    data = load_tuned(path or bundled.tuned_path(task))
-    entry = data["optimizers"].get(optimizer)
-    if entry is None:
-        return None
-    return {k: jnp.asarray(v, jnp.float32) for k, v in entry["theta"].items()}
-

@@ -1,0 +1,225 @@
+"""Writing xarray trees to Zarr: format 3, consolidated metadata, zstd, never clobbering data."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import fsspec
+import xarray as xr
+import zarr
+
+from lopt_trace.errors import UserError
+
+ZARR_FORMAT = 3
+#: codec for every array lopt-trace writes
+COMPRESSORS = (zarr.codecs.ZstdCodec(level=3),)
+
+
+@contextlib.contextmanager
+def quiet_zarr_writes():
+    """Silence zarr's note that consolidated metadata is not yet in the v3 spec, and its note that
+    the store's manifest file is not part of the Zarr hierarchy (when it lists the root).
+
+    lopt-trace writes consolidated metadata so that stores open fast and warning-free with plain
+    ``xr.open_datatree``; the notes are about the spec and our own file, not about our data.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        # the store's manifest (lopt_trace.manifest) is a plain JSON file that zarr need not know
+        warnings.filterwarnings("ignore", message=r"Object at lopt_trace_manifest\.json(\.tmp)? is not recognized")
+        yield
+
+
+def url_to_fs(path: str | os.PathLike):
+    """``fsspec.core.url_to_fs``, with a missing filesystem package (``s3fs`` for ``s3://``, ...)
+    or an unknown protocol turned into a one-line :class:`UserError`."""
+    path = str(path)
+    try:
+        return fsspec.core.url_to_fs(path)
+    except ImportError as exc:
+        raise UserError(f"{path}: {exc} (the URL needs a filesystem package that is not "
+                        "installed)") from None
+    except ValueError as exc:
+        if "protocol" not in str(exc).lower():
+            raise
+        proto = path.split("://", 1)[0]
+        raise UserError(f"{path}: unknown URL protocol {proto!r}; use a local path or a URL fsspec "
+                        "knows (memory://, s3://, gs://, ...)") from None
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """True for a plain filesystem path (not ``memory://``, ``s3://``, ...)."""
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether anything is at ``path`` (a local path or an fsspec URL)."""
+    if is_local(path):
+        return Path(str(path).removeprefix("file://")).exists()
+    fs, root = url_to_fs(path)
+    return fs.exists(root)
+
+
+#: the root attributes by which lopt-trace recognises what it wrote: kind -> test of the attributes
+_KINDS = {
+    "store": lambda a: "schema_version" in a and ("lopt_trace_version" in a or "record_settings" in a),
+    "optimizer file": lambda a: a.get("format") == "lopt-trace-optimizer",
+    "training checkpoint": lambda a: "next_iteration" in a and "settings" in a,
+    "tune or compare result": lambda a: isinstance(a.get("versions"), dict) and "lopt_trace" in a["versions"],
+}
+
+
+def made_by_lopt_trace(path: str | os.PathLike) -> str | None:
+    """What lopt-trace wrote at ``path`` (``"store"``, ``"optimizer file"``, ...), from the root
+    attributes of a Zarr tree there; None when it is anything else (or nothing)."""
+    import json
+
+    path = str(path)
+    try:
+        if is_local(path):
+            meta = Path(path.removeprefix("file://"), "zarr.json").read_bytes()
+        else:
+            fs, root = url_to_fs(path)
+            meta = fs.cat_file(root.rstrip("/") + "/zarr.json")
+        attrs = json.loads(meta).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(attrs, dict):
+        return None
+    return next((kind for kind, test in _KINDS.items() if test(attrs)), None)
+
+
+def _what_is_there(path: str) -> str:
+    import json
+
+    if is_local(path):
+        p = Path(path.removeprefix("file://"))
+        if p.is_file():
+            return f"a file of {p.stat().st_size} bytes"
+        if p.is_dir():
+            names = sorted(c.name for c in p.iterdir())
+            shown = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+            if "zarr.json" in names:
+                try:
+                    json.loads((p / "zarr.json").read_bytes())
+                except ValueError:
+                    return f"a Zarr tree whose zarr.json is unreadable (it holds {shown})"
+                return f"a Zarr tree that lopt-trace did not write (it holds {shown})"
+            return f"a folder holding {shown}"
+        return "something that is neither a file nor a folder"
+    return "something lopt-trace did not write"
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse (one line) to replace anything at ``path`` that lopt-trace did not make: only a
+    store, an optimizer file, a checkpoint or a tune/compare result, or an empty folder, may go."""
+    path = str(path)
+    if not exists(path) or made_by_lopt_trace(path) is not None:
+        return
+    if is_local(path):
+        p = Path(path.removeprefix("file://"))
+        if p.is_dir() and not any(p.iterdir()):
+            return
+    raise UserError(f"refusing to overwrite {path}: it is {_what_is_there(path)}, not a store or "
+                    "optimizer file written by lopt-trace; move it away or choose another --out")
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a store (local folder or fsspec URL). Callers replacing an output check
+    :func:`check_replaceable` first."""
+    if is_local(path):
+        p = Path(str(path).removeprefix("file://"))
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    else:
+        fs, root = url_to_fs(path)
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+
+
+def check_writable(path, overwrite: bool) -> None:
+    """Refuse to replace an existing output unless ``overwrite`` is set and it is something
+    lopt-trace made (:func:`check_replaceable`)."""
+    if not str(path).strip():
+        raise UserError("the output path is empty; give a file or folder name")
+    if exists(path) and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+    if overwrite:
+        check_replaceable(path)
+
+
+def probe_writable(path: str | os.PathLike) -> None:
+    """Check that the folder that will hold ``path`` can be written, by creating, filling and
+    deleting a small file there (local paths only): a read-only filesystem, a folder without write
+    permission or a full disk fails now, as an ``OSError`` naming the folder, not after hours of
+    work."""
+    if not str(path).strip():
+        raise UserError("the output path is empty; give a file or folder name")
+    if not is_local(path):
+        return
+    target = Path(str(path).removeprefix("file://")).expanduser().absolute()
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing folder: the rest is made later
+    if not folder.is_dir():
+        raise UserError(f"cannot write {target}: {folder} is not a folder")
+    probe = folder / f".{target.name}.write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+
+
+def encoding_for(tree: xr.DataTree) -> dict:
+    """zstd compression for every variable in every group."""
+    enc = {}
+    for node in tree.subtree:
+        own = node.to_dataset(inherit=False).variables  # not the coordinates a parent holds
+        enc[node.path] = {name: {"compressors": COMPRESSORS} for name in own}
+    return enc
+
+
+def write_tree(tree: xr.DataTree, path, overwrite: bool = False) -> None:
+    """Write a whole tree. Local paths are written to a temporary folder and renamed into place,
+    so an interrupted write never leaves half a file and an old file survives a failed write."""
+    check_writable(path, overwrite)
+    with quiet_zarr_writes():
+        if not is_local(path):
+            if overwrite:
+                remove(path)
+            tree.to_zarr(str(path), mode="w-", zarr_format=ZARR_FORMAT, consolidated=True,
+                         encoding=encoding_for(tree))
+            return
+        target = Path(str(path).removeprefix("file://")).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            tree.to_zarr(str(tmp / "store"), mode="w-", zarr_format=ZARR_FORMAT,
+                         consolidated=True, encoding=encoding_for(tree))
+            if target.exists():
+                remove(target)
+            os.replace(tmp / "store", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_tree(path, chunks: dict | None = None) -> xr.DataTree:
+    """Open a tree written by :func:`write_tree` (Dask-backed when ``chunks`` is a dict)."""
+    return xr.open_datatree(str(path), engine="zarr", chunks=chunks)
