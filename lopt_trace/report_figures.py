@@ -71,7 +71,7 @@ def figure_1(view: StoreView) -> Figure:
     if mt is not None:
         plots.append(mt)
         fig.caption += " The meta-training history (meta-loss per iteration) is shown too."
-    fig.plot = hv().Layout(plots).cols(len(plots)).opts(shared_axes=False)
+    fig.plot = hv().Layout(plots).cols(min(2, len(plots))).opts(shared_axes=False)  # 3 in a row overflow 1,400 px
     for name in strings(data["optimizer"].values):
         d = data.sel(optimizer=name)
         text = f"final loss {_fmt(d['final_loss_mean'], 4)} ± {_fmt(d['final_loss_sem'], 2)}"
@@ -136,7 +136,10 @@ def figure_4(view: StoreView) -> Figure:
                  "at states sampled along recorded trajectories (thin), with SGD's update at its "
                  "tuned learning rate (dotted) and the saturation threshold (red dashed: the update "
                  "falls 10% below its linear part). (b) Magnitudes of every recorded gradient, with "
-                 "the threshold. Saturation acts like gradient clipping.")
+                 "the threshold; its first bin also holds every gradient that is exactly zero or "
+                 "below the lowest edge (dead ReLU units, inputs that are always zero), hence its "
+                 "spike. (a) spans ±5 thresholds so that the saturation is visible. Saturation acts "
+                 "like gradient clipping.")
     clip = _analysis(view, fig)
     if clip is None:
         return fig
@@ -156,10 +159,13 @@ def figure_4(view: StoreView) -> Figure:
     thr = float(a.get("threshold", np.nan))
     if np.isfinite(thr):
         curves += [h.VLine(s * thr).opts(color="red", line_dash="dashed") for s in (-1, 1)]
+    span = min(float(np.nanmax(np.abs(g))), 5 * thr) if np.isfinite(thr) and thr > 0 else float(np.nanmax(np.abs(g)))
+    shown = np.abs(g) <= span
+    ys = ys[..., shown] if ys.shape[-1] == g.size else ys
     pad = 0.1 * (np.nanmax(ys) - np.nanmin(ys) or 1.0)
     left = h.Overlay(curves).opts(title=f"(a) update functions of {a.get('optimizer')}", width=520,
-                                  height=380, show_grid=True, ylim=(np.nanmin(ys) - pad, np.nanmax(ys) + pad),
-                                  legend_position="bottom_left")
+                                  height=380, show_grid=True, xlim=(-span, span),
+                                  ylim=(np.nanmin(ys) - pad, np.nanmax(ys) + pad), legend_position="right")
     if "gradient_hist" in clip:
         counts = np.asarray(clip["gradient_hist"].values, dtype=float)[None]
         right = gradients.histogram_plot(["all tensors"], counts, clip["hist_edges"].values, True, thr,
@@ -193,7 +199,7 @@ def figure_5(view: StoreView) -> Figure:
         curves.append(h.Curve((sch["step"].values + 1, sch["recorded_effective_learning_rate"].values), "step",
                               "effective learning rate", label="recorded mean state").opts(color="#1f77b4"))
     left = h.Overlay(curves).opts(title="(a) learning-rate schedule", width=520, height=360, show_grid=True,
-                                  legend_position="bottom_right")
+                                  legend_position="right")  # inside, it covered the curves
     right = h.Curve((sch["auto_step"].values, sch["auto_readout_fraction"].values), "step",
                     "share along the readout").opts(title="(b) autonomous motion along the readout",
                                                     width=420, height=360, show_grid=True)
