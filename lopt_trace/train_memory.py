@@ -30,15 +30,6 @@ from lopt_trace.errors import UserError
 RESIDUALS_PER_STEP = 4
 
 
-def human_bytes(n: float) -> str:
-    """``1.5 GB``-style size."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"  # pragma: no cover
-
-
 def theta_size(opt) -> int:
     """Entries of ``opt.init_theta()``, from shapes only."""
     shapes = jax.eval_shape(opt.init_theta)
@@ -60,6 +51,8 @@ def estimate(task, opt, cfg) -> int:
 def check_fits(task, opt, cfg) -> None:
     """Refuse meta-training that cannot fit in the available memory, before it starts."""
     import psutil
+
+    from lopt_trace.store.sizes import human_bytes
 
     need = estimate(task, opt, cfg)
     avail = psutil.virtual_memory().available

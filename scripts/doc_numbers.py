@@ -65,13 +65,11 @@ def estimates() -> dict:
     }
 
 
-def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def measure() -> dict:
     """Run the main job in a new process and measure it."""
     import psutil
+
+    from lopt_trace.store.sizes import size_on_disk
 
     work = Path(tempfile.mkdtemp(prefix="doc-numbers-"))
     out = work / "mnist.zarr"
@@ -91,7 +89,7 @@ def measure() -> dict:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
     result = {"command": "lopt-trace record --task mnist", "wall_s": round(wall, 1),
-              "store_bytes_on_disk": _du(out), "peak_rss_bytes": peak,
+              "store_bytes_on_disk": size_on_disk(out), "peak_rss_bytes": peak,
               "load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2),
               "cpus": os.cpu_count(), "date": datetime.date.today().isoformat()}
     shutil.rmtree(work, ignore_errors=True)

@@ -120,6 +120,21 @@ def _environment_message(exc: Exception, args) -> str | None:
     return None
 
 
+def print_resume_command(command: str) -> None:
+    """After a --time-budget stop: the command line that continues it (this one, without
+    --overwrite, with --resume), or a sentence when not run as ``lopt-trace COMMAND``."""
+    import shlex
+
+    argv = sys.argv[1:]
+    if argv[:1] == [command]:
+        argv = [a for a in argv if a != "--overwrite"]
+        if "--resume" not in argv:
+            argv.append("--resume")
+        print(f"continue with: lopt-trace {shlex.join(argv)}")
+    else:
+        print("continue with the same command and --resume")
+
+
 def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
     """An argparse type for an integer in [low, high] (no upper bound when ``high`` is None)."""
 

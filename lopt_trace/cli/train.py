@@ -6,7 +6,7 @@ import argparse
 import re
 
 from lopt_trace.cli import (nonnegative_float, nonnegative_int, output_path, positive_float, positive_int,
-                            task_name, unit_interval)
+                            print_resume_command, task_name, unit_interval)
 from lopt_trace.defaults import TASK_NAMES, default_estimator
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
@@ -163,22 +163,12 @@ def run(args) -> int:
 
 def _print_resume(args, history, out) -> None:
     """What a run stopped by --time-budget prints: where it stands and the command that resumes it."""
-    import shlex
-    import sys
-
     from lopt_trace.metatrain import checkpoint_path
 
     done = history.sizes["iteration"]
     print(f"time budget spent: {done} of {args.iterations} iterations done; checkpoint "
           f"{checkpoint_path(out)}")
-    argv = sys.argv[1:]
-    if argv[:1] == ["train"]:
-        argv = [a for a in argv if a != "--overwrite"]
-        if "--resume" not in argv:
-            argv.append("--resume")
-        print(f"continue with: lopt-trace {shlex.join(argv)}")
-    else:
-        print("continue with the same command and --resume")
+    print_resume_command("train")
 
 
 def _warm_start(args, task, out):

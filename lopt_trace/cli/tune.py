@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lopt_trace.cli import nonnegative_int, output_path, positive_float, positive_int, task_name
+from lopt_trace.cli import (nonnegative_int, output_path, positive_float, positive_int, print_resume_command,
+                            task_name)
 from lopt_trace.cli.train import duration
 
 CHOICES = ("sgd", "momentum", "rmsprop", "adam", "all")
@@ -147,18 +148,8 @@ def _print_result(name, ds) -> None:
 
 def _print_resume(outcome, out) -> None:
     """What a search stopped by --time-budget prints: where it stands and how to resume it."""
-    import shlex
-    import sys
-
     from lopt_trace.metatrain import checkpoint_path
 
     where = ", ".join(f"{n} {d}/{t}" for n, (d, t) in outcome.batches.items())
     print(f"time budget spent: batches done {where}; checkpoint {checkpoint_path(out)}")
-    argv = sys.argv[1:]
-    if argv[:1] == ["tune"]:
-        argv = [a for a in argv if a != "--overwrite"]
-        if "--resume" not in argv:
-            argv.append("--resume")
-        print(f"continue with: lopt-trace {shlex.join(argv)}")
-    else:
-        print("continue with the same command and --resume")
+    print_resume_command("tune")
