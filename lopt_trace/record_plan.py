@@ -33,7 +33,10 @@ CHUNK_RECORDS = 64
 CHUNK_BYTES = 4 * 2**20
 #: runs per chunk along ``run``
 CHUNK_RUNS = 4
-
+#: mantissa bits of the per-parameter dtypes: the valid ``--keep-bits`` are 1 to these
+MANTISSA_BITS = {"float32": 23, "float16": 10}
+#: exponent bits (with the sign bit, what zstd keeps of a bit-rounded value at least, roughly)
+EXPONENT_BITS = {"float32": 8, "float16": 5}
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -48,6 +51,9 @@ class RecordConfig:
     every: int = 1
     dtype: str = "float32"
     seed: int = 0
+    #: lossy: mantissa bits kept of the per-parameter arrays (state, gradient, update), rounded
+    #: to nearest by zarr's ``numcodecs.bitround`` codec when written; None keeps every bit
+    keep_bits: int | None = None
 
     def validate(self) -> None:
         for field in ("runs", "steps", "params", "every"):
@@ -56,6 +62,12 @@ class RecordConfig:
                 raise UserError(f"--{field} must be a positive integer, got {value!r}")
         if self.dtype not in ("float32", "float16"):
             raise UserError(f"--dtype must be float32 or float16, got {self.dtype!r}")
+        if self.keep_bits is not None:
+            top = MANTISSA_BITS[self.dtype]
+            if (isinstance(self.keep_bits, bool) or not isinstance(self.keep_bits, (int, np.integer))
+                    or not 1 <= self.keep_bits <= top):
+                raise UserError(f"--keep-bits must be an integer from 1 to {top} for {self.dtype} "
+                                f"(the mantissa bits kept), got {self.keep_bits!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise UserError(f"--seed must be a non-negative integer, got {self.seed!r}")
         try:
@@ -135,6 +147,15 @@ class Layout:
     def itemsize(self) -> int:
         return np.dtype(self.cfg.dtype).itemsize
 
+    @property
+    def stored_itemsize(self) -> float:
+        """Bytes per value of the per-parameter arrays in the store's estimate: the itemsize, or
+        with ``--keep-bits N`` roughly what zstd keeps of a rounded value (sign, exponent and N
+        mantissa bits; the zeroed low bits compress away)."""
+        if self.cfg.keep_bits is None:
+            return float(self.itemsize)
+        return (1 + EXPONENT_BITS[self.cfg.dtype] + self.cfg.keep_bits) / 8
+
     def run_groups(self) -> list[tuple[int, int]]:
         b = self.plan.run_batch
         return [(r, min(r + b, self.runs)) for r in range(0, self.runs, b)]
@@ -195,7 +216,8 @@ def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
 class Estimate:
     """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, zstd
     saves little on states, plus coordinates and the learned optimizer's meta-training history;
-    tiny stores add some kB of metadata) and ``memory`` (the inner problems in flight and two
+    tiny stores add some kB of metadata; with ``--keep-bits N`` the per-parameter arrays count
+    sign, exponent and N mantissa bits per value, a rough guess of what zstd keeps) and ``memory`` (the inner problems in flight and two
     blocks of outputs, besides the interpreter, JAX and the task's data)."""
 
     store: int
@@ -213,11 +235,11 @@ METADATA_BYTES = 40_000
 def estimate(layout: Layout, entries: list[OptimizerEntry]) -> Estimate:
     """The :class:`Estimate` of recording ``entries`` with ``layout``."""
     r, n, p, t, k = layout.runs, layout.n_records, layout.n_params, len(layout.task.tensors), layout.steps
-    isz = layout.itemsize
+    isz, ssz = layout.itemsize, layout.stored_itemsize
     store = METADATA_BYTES * (1 + len(entries))  # zarr.json files, θ groups, the manifest
     for e in entries:
         d = e.optimizer.state_size
-        store += r * n * p * (d + 2) * isz          # state, gradient, update per kept parameter
+        store += r * n * p * (d + 2) * ssz          # state, gradient, update per kept parameter
         store += r * n * t * (d + 1) * 4            # per-tensor means
         store += r * (k + 1) * 4 + r * t * HIST_BINS * 8 + p * d * 4
         store += p * 48 + (int(e.meta_train.nbytes) if e.meta_train is not None else 0)  # labels, history

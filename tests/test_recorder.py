@@ -177,6 +177,80 @@ def test_float16_store(tmp_path):
     np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
 
 
+def _bytes_under(store: str, group: str, names) -> int:
+    return sum(f.stat().st_size for n in names for f in (Path(store) / group / n).rglob("*") if f.is_file())
+
+
+KEEP_READER = r'''
+import sys
+import numpy as np, xarray as xr
+tree = xr.open_datatree(sys.argv[1], engine="zarr")
+assert not any(m.startswith("lopt_trace") for m in sys.modules), "lopt_trace was imported"
+np.save(sys.argv[2], tree["runs/adam/state"].values)
+'''
+
+
+@pytest.mark.parametrize("dtype, bits", [("float32", 8), ("float16", 5)])
+def test_keep_bits_rounds_the_per_parameter_arrays(tmp_path, dtype, bits):
+    """--keep-bits N stores numcodecs' bit rounding of exactly the values a plain store has: the
+    per-parameter arrays within 2**-N relative, losses and means untouched, a smaller store, the
+    setting in the attributes (resume must match it), and plain xarray reads it back."""
+    import subprocess
+    import sys
+
+    from numcodecs import BitRound
+
+    from lopt_trace.record_plan import estimate, make_layout
+
+    task = get_task("two_moons", steps=MOONS_STEPS)
+    plain, kept = str(tmp_path / "plain.zarr"), str(tmp_path / "kept.zarr")
+    kw = dict(runs=2, params=None, dtype=dtype)
+    _rec(task, ["adam"], plain, **kw)
+    _rec(task, ["adam"], kept, keep_bits=bits, **kw)
+    a, b = open_store(plain), open_store(kept)
+    assert b.attrs["keep_bits"] == bits and a.attrs["keep_bits"] is None
+    assert b.attrs["record_settings"]["keep_bits"] == bits and "keep_bits" not in a.attrs["record_settings"]
+    ga, gb = a["runs/adam"].to_dataset(), b["runs/adam"].to_dataset()
+    for name in ("state", "gradient", "update"):
+        x, y = ga[name].values, gb[name].values
+        assert y.dtype == np.dtype(dtype) and gb[name].attrs["keep_bits"] == bits
+        rounded = BitRound(keepbits=bits).encode(x).view(x.dtype)
+        np.testing.assert_array_equal(y, rounded, err_msg=name)  # numpy's bit rounding, exactly
+        # relative to normal numbers (a subnormal has fewer mantissa bits: float16's Adam v is)
+        normal = np.isfinite(x) & (np.abs(x) >= np.finfo(x.dtype).tiny)
+        rel = np.abs(y[normal].astype(np.float64) - x[normal]) / np.abs(x[normal])
+        assert rel.max() <= 2.0**-bits, (name, rel.max())
+        assert rel.max() > 0  # something was rounded
+    for name in ("loss", "state_mean", "gradient_abs_mean", "gradient_hist", "initial_state"):
+        np.testing.assert_array_equal(ga[name].values, gb[name].values, err_msg=name)
+    arrays = ("state", "gradient", "update")
+    assert _bytes_under(kept, "runs/adam", arrays) < 0.8 * _bytes_under(plain, "runs/adam", arrays)
+    entries = resolve_optimizers(task.name, ["adam"])
+    est = [estimate(make_layout(task, RecordConfig(keep_bits=k, **kw), entries), entries).store
+           for k in (None, bits)]
+    assert est[1] < est[0]
+    # resume must keep the setting: another N, or none, is refused in one line
+    for other in (bits + 1, None):
+        with pytest.raises(UserError, match=r"other settings \(keep_bits differ\)"):
+            _rec(task, ["adam"], kept, resume=True, keep_bits=other, **kw)
+    assert _rec(task, ["adam"], kept, resume=True, keep_bits=bits, **kw).blocks == 0
+    # plain xarray (zarr registers numcodecs.bitround) reads it without lopt_trace imported
+    out = tmp_path / "state.npy"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", KEEP_READER, kept, str(out)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out), gb["state"].values)
+
+
+@pytest.mark.parametrize("dtype, bits", [("float32", 0), ("float32", 24), ("float16", 11),
+                                         ("float32", -1), ("float32", 2.5), ("float32", True)])
+def test_keep_bits_out_of_range_refused(dtype, bits):
+    top = 23 if dtype == "float32" else 10
+    with pytest.raises(UserError, match=f"--keep-bits must be an integer from 1 to {top} for {dtype}"):
+        RecordConfig(dtype=dtype, keep_bits=bits).validate()
+
+
 def test_subset_indices_evenly_spaced():
     task = get_task("mnist")
     flat, tensor, within = subset_indices(task, 64)

@@ -29,7 +29,8 @@ def describe(path) -> str:
              f"task     {a['task']}  {a['task_config']}",
              f"runs     {len(a['seeds'])} (seeds {a['seeds'][0]}..{a['seeds'][-1]}), {a['steps']} steps, "
              f"every {a['every']} kept, {a['params_per_tensor']} params per tensor"
-             + (f", {a['dtype']}" if "dtype" in a else "")]
+             + (f", {a['dtype']}" if "dtype" in a else "")
+             + (f" rounded to {a['keep_bits']} mantissa bits (--keep-bits)" if a.get("keep_bits") else "")]
     lines += integrity
     if exists(lock_path(path)):
         lines.append(f"note     a recorder is writing it, or was interrupted (lock {lock_path(path)})")

@@ -17,6 +17,16 @@ def params_arg(text: str):
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
 
 
+def keep_bits_arg(text: str) -> int:
+    """argparse type for ``--keep-bits``: an integer (its range, which depends on --dtype, is
+    checked with the other settings, in one line naming it)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (1 to 23 for float32, 1 to 10 for "
+                                         f"float16), got {text!r}") from None
+
+
 def _wrap(text: str) -> str:
     import textwrap
 
@@ -56,6 +66,11 @@ def add_parser(sub, name):
                    help="keep every E-th step for the per-parameter arrays (default 1; losses are kept every step)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the per-parameter arrays (default float32; float16 halves the size)")
+    p.add_argument("--keep-bits", type=keep_bits_arg, default=None, metavar="N",
+                   help="lossy: round state, gradient and update to N mantissa bits when written (1-23 for "
+                        "float32, 1-10 for float16; zarr's numcodecs.bitround codec, so zstd shrinks the store "
+                        "more; relative error at most 2^-(N+1)); losses, means and histograms stay exact "
+                        "(default: every bit kept)")
     p.add_argument("--out", default=None, type=output_path, help="store path or fsspec URL (default ./<task>.zarr)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace an existing store")
@@ -72,7 +87,7 @@ def run(args) -> int:
     from lopt_trace.tasks import get_task
 
     cfg = RecordConfig(runs=args.runs, steps=args.steps, params=args.params, every=args.every,
-                       dtype=args.dtype, seed=args.seed)
+                       dtype=args.dtype, seed=args.seed, keep_bits=args.keep_bits)
     cfg.validate()
     task = get_task(args.task, **({"steps": args.steps} if args.steps else {}))
     entries = resolve_optimizers(args.task, args.optimizer)

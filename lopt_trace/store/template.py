@@ -18,7 +18,7 @@ from lopt_trace.provenance import utc_now, versions
 from lopt_trace.store.manifest import MANIFEST
 from lopt_trace.store.schema import (HIST_BINS, RUN_COORDS, RUN_VARIABLES, SCHEMA_VERSION, hist_edges,
                                      with_label_copies)
-from lopt_trace.store.zarr_io import COMPRESSORS
+from lopt_trace.store.zarr_io import COMPRESSORS, bit_round
 from lopt_trace.theta import theta_to_dataset
 
 if TYPE_CHECKING:  # the recorder's types; the template only reads their fields
@@ -41,6 +41,10 @@ def _strings(values) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=object)
 
 
+#: the per-parameter arrays that ``--keep-bits`` rounds (not losses, means, θ or coordinates)
+ROUNDED = ("state", "gradient", "update")
+
+
 def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, dict]:
     """The lazy template of one ``/runs/<optimizer>`` group and its encoding."""
     task, opt = layout.task, entry.optimizer
@@ -57,7 +61,10 @@ def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, di
         "gradient_abs_mean": ((r, s, t), np.float32),
         "gradient_hist": ((r, t, HIST_BINS), np.int64),
     }
-    data_vars = {name: _var(name, da.zeros(shape, dtype=dtype, chunks=chunks[name]))
+    keep = layout.cfg.keep_bits
+    rounded = {"keep_bits": keep} if keep is not None else {}  # says so on the arrays too
+    data_vars = {name: _var(name, da.zeros(shape, dtype=dtype, chunks=chunks[name]),
+                            **(rounded if name in ROUNDED else {}))
                  for name, (shape, dtype) in shapes.items()}
     n_all = task.num_params
     h0 = np.asarray(opt.init_state(jax.tree.map(jnp.asarray, entry.theta), n_all))[layout.flat_index]
@@ -93,6 +100,8 @@ def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, di
     encoding = {}
     for name in ds.variables:
         encoding[name] = {"compressors": COMPRESSORS}
+        if keep is not None and name in ROUNDED:
+            encoding[name]["filters"] = (bit_round(keep),)
         if name in chunks:
             encoding[name]["chunks"] = chunks[name]
     return ds, encoding
@@ -101,12 +110,15 @@ def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, di
 def settings_of(layout: Layout, entries: list[OptimizerEntry]) -> dict:
     """What a resumed recording must match."""
     cfg = layout.cfg
-    return to_json_types({
+    settings = {
         "task": layout.task.config(), "runs": cfg.runs, "steps": layout.steps, "every": cfg.every,
         "params": cfg.params if cfg.params is not None else "all", "dtype": cfg.dtype, "seed": cfg.seed,
         "optimizers": [{"name": e.name, "config": e.optimizer.config(), "source": e.source}
                        for e in entries],
-    })
+    }
+    if cfg.keep_bits is not None:  # absent when not rounded: stores from before --keep-bits resume
+        settings["keep_bits"] = cfg.keep_bits
+    return to_json_types(settings)
 
 
 def build_template(layout: Layout, entries: list[OptimizerEntry], command: str) -> tuple[xr.DataTree, dict]:
@@ -128,6 +140,8 @@ def build_template(layout: Layout, entries: list[OptimizerEntry], command: str) 
         "every": cfg.every,
         "params_per_tensor": cfg.params if cfg.params is not None else "all",
         "dtype": cfg.dtype,
+        # lossy: mantissa bits kept of state, gradient and update (None: every bit)
+        "keep_bits": cfg.keep_bits,
         "record_settings": settings_of(layout, entries),
         "manifest": MANIFEST,
         "execution": dataclasses.asdict(layout.plan),

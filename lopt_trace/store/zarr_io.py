@@ -19,6 +19,23 @@ ZARR_FORMAT = 3
 #: codec for every array lopt-trace writes
 COMPRESSORS = (zarr.codecs.ZstdCodec(level=3),)
 
+#: zarr notes, at every numcodecs codec it builds (writing or reading), that such codecs are not in
+#: the Zarr v3 spec. The recorder's ``--keep-bits`` writes ``numcodecs.bitround`` on purpose
+#: (docs/store.md says which readers decode it), so lopt-trace does not repeat the note; a plain
+#: ``xr.open_datatree`` without lopt-trace shows it once.
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
+
+
+def bit_round(keep_bits: int):
+    """The array-to-array codec that rounds floats to ``keep_bits`` mantissa bits (round to
+    nearest, ties to even) before zstd: ``numcodecs.bitround`` in the array's metadata, so any
+    zarr-python 3 with numcodecs reads it (decoding is a no-op: the rounded values are stored)."""
+    try:
+        from zarr.codecs.numcodecs import BitRound  # zarr >= 3.1.3
+    except ImportError:  # pragma: no cover - older zarr: numcodecs' own zarr 3 wrappers
+        from numcodecs.zarr3 import BitRound
+    return BitRound(keepbits=int(keep_bits))
+
 
 @contextlib.contextmanager
 def quiet_zarr_writes():
