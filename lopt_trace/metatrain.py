@@ -42,6 +42,7 @@ from lopt_trace.errors import UserError
 from lopt_trace.optimizers import LearnedGRU
 from lopt_trace.optimizers.io import save_optimizer
 from lopt_trace.provenance import machine
+from lopt_trace.sharding import batch_placement, shard_count
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune import best_config
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
@@ -152,15 +153,9 @@ def problem_placement(batch: int, devices=None):
     meta-batch that is a multiple of their number, the devices form a 1-D mesh ``problems``:
     ``split`` divides an array's leading (problem) axis among them and ``replicated`` copies it
     to each. Otherwise (one device, or a batch that does not divide) None: everything stays on
-    the default device, exactly as before there was sharding.
+    the default device, exactly as before there was sharding (:mod:`lopt_trace.sharding`).
     """
-    devices = jax.devices() if devices is None else list(devices)
-    if len(devices) < 2 or int(batch) % len(devices):
-        return None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    mesh = Mesh(np.array(devices), ("problems",))
-    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("problems"))
+    return batch_placement(batch, "problems", devices)
 
 
 #: jitted steps by (task, optimizer, configuration): a trainer made again for the same run
@@ -174,7 +169,7 @@ class MetaTrainer:
     def __init__(self, task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, devices=None):
         self.task, self.opt, self.cfg = task, optimizer, cfg.resolved(task)
         self._placement = problem_placement(self.cfg.batch, devices)
-        self.shards = 1 if self._placement is None else len(self._placement[0].mesh.devices.flat)
+        self.shards = shard_count(self._placement)
         self.tx = meta_optimizer(self.cfg)
         self.schedule = optax.exponential_decay(self.cfg.learning_rate, max(self.cfg.iterations, 1),
                                                 self.cfg.lr_final_fraction)

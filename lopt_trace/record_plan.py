@@ -187,10 +187,20 @@ class Layout:
         }
 
 
-def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_units: int) -> Plan:
-    """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES."""
+#: most runs per ``vmap`` on each device
+RUNS_PER_DEVICE = 4
+
+
+def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_units: int,
+              shards: int = 1) -> Plan:
+    """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES.
+
+    With ``shards`` devices the runs of one ``vmap`` are split across them: up to
+    :data:`RUNS_PER_DEVICE` each, a multiple of ``shards`` (padded with copies of the last run when
+    there are fewer runs). One device: ``min(runs, 4)``, as before sharding existed."""
     n_rec = -(-steps // cfg.every)
-    run_batch = min(cfg.runs, 4)
+    shards = max(1, int(shards))
+    run_batch = min(-(-cfg.runs // shards), RUNS_PER_DEVICE) * shards
     isz = np.dtype(cfg.dtype).itemsize
     per_record = run_batch * (n_params * (2 + max_units) * isz
                               + len(task.tensors) * (max_units + 1) * 4 + cfg.every * 4)
@@ -201,12 +211,13 @@ def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_unit
 
 
 def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
-                plan: Plan | None = None) -> Layout:
+                plan: Plan | None = None, shards: int = 1) -> Layout:
+    """The :class:`Layout` of a recording; ``shards``: the devices its runs are split across."""
     cfg.validate()
     steps = cfg.steps or task.default_steps
     flat, tens, within = subset_indices(task, cfg.params)
     max_units = max(e.optimizer.state_size for e in entries)
-    plan = plan or make_plan(task, cfg, steps, flat.size, max_units)
+    plan = plan or make_plan(task, cfg, steps, flat.size, max_units, shards)
     return Layout(task, cfg, steps, seedlib.test_seeds(cfg.seed, cfg.runs), flat, tens, within,
                   plan, max_units)
 

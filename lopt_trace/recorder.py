@@ -9,7 +9,9 @@ optimizer and writes the schema of ``docs/store.md``:
    coordinates, θ and the attributes, with consolidated metadata. Nothing in the metadata changes
    afterwards.
 3. Steps are computed in jitted blocks: a ``lax.scan`` over ``block_records`` kept records (each
-   record is ``every`` inner steps), ``vmap``-ed over ``run_batch`` runs. Inside the block, the
+   record is ``every`` inner steps), ``vmap``-ed over ``run_batch`` runs. With several JAX
+   devices the runs of a batch are split across them (``jax.sharding``, a 1-D mesh ``runs``,
+   :mod:`lopt_trace.sharding`); runs are independent, so each device computes its own. Inside the block, the
    kept subset of parameters is gathered, the exact per-tensor means of the state and of |g| over
    *all* parameters are taken with ``segment_sum``, and |g| is histogrammed; only those small
    outputs go to the host.
@@ -47,6 +49,7 @@ from lopt_trace.record_plan import (BLOCK_BYTES, CHUNK_BYTES, CHUNK_RECORDS, CHU
                                     MAX_BLOCK_RECORDS, METADATA_BYTES, Estimate, Layout, Plan,
                                     RecordConfig, check_fits, estimate, make_layout, make_plan,
                                     subset_indices)
+from lopt_trace.sharding import batch_placement, shard_count
 from lopt_trace.store.lock import StoreLock
 from lopt_trace.store.manifest import update_manifest
 from lopt_trace.store.schema import HIST_BINS, HIST_LOG10_MAX, HIST_LOG10_MIN
@@ -191,6 +194,7 @@ class RecordResult:
     final_loss: dict[str, np.ndarray]   # optimizer -> (runs,) final loss f(x_K), NaN if not recorded
     complete: bool
     blocks: int                         # jitted blocks computed by this call
+    shards: int = 1                     # devices the runs of each batch were split across
 
     def summary(self) -> str:
         lines = [f"store   {self.path} ({human_bytes(self.size)} on disk)",
@@ -200,7 +204,8 @@ class RecordResult:
         width = max([len(k) for k in self.final_loss] + [4])
         for name, values in self.final_loss.items():
             lines.append(f"  {name:<{width}}  {format_mean_sem(values)}")
-        lines.append(f"time    {self.seconds:.1f} s")
+        lines.append(f"time    {self.seconds:.1f} s"
+                     + (f" (runs split across {self.shards} devices)" if self.shards > 1 else ""))
         return "\n".join(lines)
 
 
@@ -224,13 +229,18 @@ class _Stop(Exception):
 def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
            overwrite: bool = False, resume: bool = False, progress: bool = True,
            command: str | None = None, plan: Plan | None = None, stop_after: int | None = None,
-           callback=None) -> RecordResult:
+           callback=None, devices=None) -> RecordResult:
     """Record ``cfg.runs`` test runs of every optimizer in ``entries`` on ``task`` into ``out``.
 
     ``out`` is a local path or an fsspec URL. An existing store is replaced only with
     ``overwrite``; ``resume`` continues an interrupted store (finished runs kept, unfinished runs
     redone; the data equal an uninterrupted recording). ``stop_after`` stops cleanly after that
     many blocks, to simulate an interruption; ``callback(info)`` is called after every block.
+
+    ``devices`` (default every JAX device, ``jax.devices()``): with several, the runs of each
+    ``vmap`` are split across them (up to 4 runs per device; :func:`make_plan`). The data equal a
+    single device's: runs are independent. A store resumed with a plan whose runs per ``vmap`` do
+    not divide among the devices is computed on the default device.
     """
     start = time.perf_counter()
     out = str(out)
@@ -241,7 +251,8 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
         raise UserError("--overwrite and --resume exclude each other")
     if not entries:
         raise UserError("no optimizer to record")
-    layout = make_layout(task, cfg, entries, plan)
+    devices = jax.devices() if devices is None else list(devices)
+    layout = make_layout(task, cfg, entries, plan, shards=len(devices))
     cost = estimate(layout, entries)
     check_fits(cost, out)  # issue #14: refuse what cannot fit before any work
     if progress:
@@ -271,7 +282,8 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
             create_store(out, template, encoding, replace=there)
             done = {e.name: np.zeros(layout.runs, dtype=bool) for e in entries}
             update_manifest(out, done)  # the metadata, coordinates and θ, final from now on
-        blocks = _compute(layout, entries, out, done, progress, stop_after, callback)
+        placement = batch_placement(layout.plan.run_batch, "runs", devices)
+        blocks = _compute(layout, entries, out, done, progress, stop_after, callback, placement)
         group = open_for_writing(out, mode="r")
         flags = {e.name: np.asarray(group[f"runs/{e.name}/run_complete"][:], dtype=bool) for e in entries}
         update_manifest(out, flags)  # everything that is final (all of it when every run is done)
@@ -283,11 +295,15 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
         final[e.name] = np.where(flags[e.name], loss, np.nan)
         complete &= bool(flags[e.name].all())
     return RecordResult(out, size_on_disk(out), layout.runs, layout.steps,
-                        time.perf_counter() - start, final, complete, blocks)
+                        time.perf_counter() - start, final, complete, blocks, shard_count(placement))
 
 
-def _compute(layout: Layout, entries, out, done, progress, stop_after, callback) -> int:
-    """Run every unfinished (optimizer, run group) and stream it to the writer; returns blocks."""
+def _compute(layout: Layout, entries, out, done, progress, stop_after, callback, placement=None) -> int:
+    """Run every unfinished (optimizer, run group) and stream it to the writer; returns blocks.
+
+    ``placement`` (:func:`lopt_trace.sharding.batch_placement`): θ copied to every device and the
+    problems split along their run axis, so the jitted functions (unchanged) run each device's
+    runs where they are and their outputs stay split the same way; None: the default device."""
     from tqdm.auto import tqdm
 
     task = layout.task
@@ -312,6 +328,8 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
                 continue
             opt = entry.optimizer
             theta = jax.tree.map(jnp.asarray, entry.theta)
+            if placement is not None:
+                theta = jax.device_put(theta, placement[0])
             block_fn = make_block_fn(layout, opt)
             okey = (*tkey, repr(opt.config()))
             init = _cached(("init", *okey), functools.partial(_init_fn, task, opt))
@@ -324,6 +342,8 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback)
                 n_valid = r1 - r0
                 seeds = np.concatenate([layout.seeds[r0:r1], np.repeat(layout.seeds[r1 - 1], rb - n_valid)])
                 problems = sample(seedlib.problem_keys(seeds))
+                if placement is not None:
+                    problems = jax.device_put(problems, placement[1])
                 state = init(theta, problems)
                 hist = np.zeros((n_valid, len(task.tensors), HIST_BINS), np.int64)
                 pending = None

@@ -129,3 +129,75 @@ def test_metatraining_on_two_devices_equals_one_device(tmp_path):
         for k in a["theta"]:
             np.testing.assert_allclose(a["theta"][k], b["theta"][k], rtol=1e-4, atol=1e-6,
                                        err_msg=f"{estimator} {k}")
+
+
+
+RECORD = r'''
+import sys
+import jax, numpy as np, xarray as xr
+from lopt_trace.recorder import Plan, RecordConfig, record, resolve_optimizers
+from lopt_trace.tasks import get_task
+
+out, npz = sys.argv[1], sys.argv[2]
+task = get_task("two_moons", steps=6)
+entries = resolve_optimizers(task.name, ["adam", "learned"])
+# 3 runs; on 2 devices a vmap of 4 (2 per device, the last run padded). "pairs": vmaps of 2 runs,
+# the width each of 2 devices computes
+plan = Plan(run_batch=2, block_records=6) if sys.argv[3] == "pairs" else None
+result = record(task, entries, RecordConfig(runs=3, params=5), out, progress=False, plan=plan)
+tree = xr.open_datatree(out, engine="zarr", chunks=None)
+arrays = {"devices": np.asarray(jax.device_count()), "shards": np.asarray(result.shards),
+          "run_batch": np.asarray(tree.attrs["execution"]["run_batch"])}
+for e in entries:
+    for name in ("loss", "state", "gradient", "update", "state_mean", "gradient_abs_mean",
+                 "gradient_hist", "run_complete"):
+        arrays[f"{e.name}/{name}"] = tree[f"runs/{e.name}/{name}"].values
+np.savez(npz, **arrays)
+'''
+
+
+def _record(devices: int, plan: str, tmp_path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "LOPT_TRACE_COMPILE_CACHE": "off",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    npz = tmp_path / f"record-{devices}-{plan}.npz"
+    proc = subprocess.run([sys.executable, "-c", RECORD, str(tmp_path / f"r{devices}-{plan}.zarr"), str(npz), plan],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(npz))
+
+
+@pytest.mark.slow  # three fresh processes, each compiling two optimizers' recording blocks
+def test_recording_on_two_devices_equals_one_device(tmp_path):
+    two = _record(2, "default", tmp_path)
+    one = _record(1, "default", tmp_path)
+    pairs = _record(1, "pairs", tmp_path)
+    assert int(two["devices"]) == 2 and int(two["shards"]) == 2 and int(two["run_batch"]) == 4
+    assert int(one["devices"]) == int(one["shards"]) == 1 and int(one["run_batch"]) == 3
+    assert int(pairs["shards"]) == 1 and int(pairs["run_batch"]) == 2
+    names = [k for k in one if "/" in k]
+    assert len(names) == 16
+    for k in names:
+        a, b, c = one[k], two[k], pairs[k]
+        assert a.shape == b.shape == c.shape, k
+        assert a.dtype.kind != "f" or np.isfinite(a).all(), k
+        # each device computes a vmap of 2 runs: bit for bit what one device computes in pairs
+        np.testing.assert_array_equal(b, c, err_msg=k)
+        # against one device's vmap of 3, XLA's code for another batch width rounds differently:
+        # float32 round-off, grown over the 6 steps
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(a))), err_msg=k)
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=k)
+
+
+def test_record_plan_gives_each_device_up_to_four_runs():
+    from lopt_trace.record_plan import RecordConfig, make_plan
+    from lopt_trace.tasks import get_task
+
+    task = get_task("linear_regression")
+
+    def rb(runs, shards):
+        return make_plan(task, RecordConfig(runs=runs), 10, 8, 2, shards).run_batch
+    assert [rb(r, 1) for r in (1, 3, 4, 9)] == [1, 3, 4, 4]  # one device: as before sharding
+    assert [rb(r, 2) for r in (1, 3, 4, 9)] == [2, 4, 4, 8]  # a multiple of 2, at most 4 each
+    assert [rb(r, 8) for r in (3, 16, 64)] == [8, 16, 32]

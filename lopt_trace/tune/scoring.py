@@ -82,13 +82,11 @@ class ShardedEvaluator:
     """
 
     def __init__(self, batched: Callable, devices):
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        from lopt_trace.sharding import mesh_shardings
 
         self.devices = list(devices)
         self.shards = len(self.devices)
-        mesh = Mesh(np.array(self.devices), ("candidates",))
-        self.candidate_sharding = NamedSharding(mesh, PartitionSpec("candidates"))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.replicated, self.candidate_sharding = mesh_shardings("candidates", self.devices)
         self._fn = jax.jit(batched, in_shardings=(self.candidate_sharding, self.replicated),
                            out_shardings=self.candidate_sharding)
 
