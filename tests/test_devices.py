@@ -1,5 +1,6 @@
-"""Several JAX devices: the tuning search's candidate batch is split across them (jax.sharding),
-and the scores equal a single device's.
+"""Several JAX devices: the tuning search's candidate batch, meta-training's problems and the
+recorder's runs are split across them (jax.sharding, lopt_trace/sharding.py), and the results
+equal a single device's.
 
 Each side runs in a fresh process, because the number of CPU devices is fixed when JAX starts:
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` makes two host devices of one CPU.
