@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def mesh_shardings(axis: str, devices) -> tuple:
     """``(replicated, split)`` on a 1-D mesh of ``devices`` named ``axis``: ``split`` divides an
     array's leading axis among the devices, ``replicated`` copies the whole array to each."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
     mesh = Mesh(np.array(list(devices)), (axis,))
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(axis))
 
