@@ -23,7 +23,8 @@ pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 #: Bokeh plots each tab must show (the full store has every analysis)
-PLOTS = {"Overview": 2, "State space": 3, "Update functions": 2, "Linear dynamics": 2, "Gradients": 2}
+PLOTS = {"Overview": 2, "State space": 3, "Update functions": 2, "Linear dynamics": 2, "Gradients": 2,
+         "Emergence": 2, "Distillation": 2}
 
 def _chromium():
     exe = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -21,7 +21,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-TABS = ("Overview", "State space", "Update functions", "Linear dynamics", "Gradients")
+from lopt_trace.dashboard.app import TABS as _APP_TABS, slug
+
+#: every tab of the dashboard, in its order
+TABS = tuple(title for title, _ in _APP_TABS)
 
 #: JavaScript: the Bokeh plot canvases under the element with CSS class ``root`` (a tab's content,
 #: ``lopt-tab-<slug>``; the whole page when null), found through open shadow roots, each with the
@@ -55,7 +58,7 @@ CANVASES = """(root) => {
 
 
 def tab_class(title: str) -> str:
-    return "lopt-tab-" + title.lower().replace(" ", "-")
+    return "lopt-tab-" + slug(title)
 
 
 def drawn_plots(page, expected: int, root: str | None = None, timeout: float = 120.0,
@@ -122,9 +125,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/screenshots", help="folder for the PNGs")
     p.add_argument("--width", type=int, default=1400)
     p.add_argument("--height", type=int, default=950)
-    p.add_argument("--plots", default="1,2,2,0,2",
+    p.add_argument("--plots", default="1,2,2,0,2,0,0",
                    help="least number of drawn plots to wait for on each tab (comma separated, in tab "
-                        "order; the defaults hold for a store without analyses)")
+                        "order; the defaults hold for a store without analyses, where Emergence and "
+                        "Distillation only say how to make them)")
     args = p.parse_args(argv)
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -160,7 +164,7 @@ def main(argv=None) -> int:
                 timings[f"{title} drawn_s"] = drawn + (t - t1 if i == 0 else 0.0)
                 if i == 0:
                     timings["command_to_overview_drawn_s"] = t - t0 + drawn
-                path = out / f"{title.lower().replace(' ', '-')}.png"
+                path = out / f"{slug(title)}.png"
                 page.screenshot(path=str(path), full_page=False)
                 _shrink(path)
                 print(f"{title}: {n} plots drawn, {path}")
