@@ -68,6 +68,7 @@ def exists(path: str | os.PathLike) -> bool:
 #: the root attributes by which lopt-trace recognises what it wrote: kind -> test of the attributes
 _KINDS = {
     "store": lambda a: "schema_version" in a and ("lopt_trace_version" in a or "record_settings" in a),
+    # optimizer_file.FORMAT (optimizer_file imports this module, so the literal is repeated here)
     "optimizer file": lambda a: a.get("format") == "lopt-trace-optimizer",
     "training checkpoint": lambda a: "next_iteration" in a and "settings" in a,
     "tune or compare result": lambda a: isinstance(a.get("versions"), dict) and "lopt_trace" in a["versions"],
