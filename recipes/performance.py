@@ -2,8 +2,8 @@
 
 For each optimizer group the recorded training loss ``loss (run, loss_step)`` is summarised as the
 mean ± standard error over runs at every step, and each run's meta-objective
-mean_{k=1..K} f_k / f_0 (as in :func:`lopt_trace.unroll.meta_objective`: lower is better, a
-diverged run counts as inf) is averaged over runs.
+mean_{k=1..K} f_k / f_0 (:func:`lopt_trace.analysis.meta_objective`, the formula meta-training
+scores: lower is better, a diverged run counts as inf) is averaged over runs.
 
     lopt-trace analyze performance STORE
 """
@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import optimizer_names, run_group
+from lopt_trace.analysis import meta_objective, optimizer_names, run_group
 from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.results import run_recipe
 
@@ -31,10 +31,6 @@ def _sem(x: np.ndarray, axis: int) -> np.ndarray:
 
 def compute(tree: xr.DataTree, optimizers: list[str] | None = None) -> xr.Dataset:
     """Loss mean ± sem per optimizer and step; meta-objective per run and its mean ± sem."""
-    import jax.numpy as jnp
-
-    from lopt_trace.unroll import meta_objective
-
     names = list(optimizers) if optimizers else optimizer_names(tree)
     parts = []
     for name in names:
@@ -44,7 +40,7 @@ def compute(tree: xr.DataTree, optimizers: list[str] | None = None) -> xr.Datase
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a step where every run diverged
             mean = np.nanmean(finite, axis=0)
-        meta = np.asarray(meta_objective(jnp.asarray(values)), dtype=np.float64)
+        meta = meta_objective(values)
         finite_meta = meta[np.isfinite(meta)]
         parts.append(xr.Dataset(
             {
