@@ -39,11 +39,14 @@ def summary(ds: xr.Dataset) -> str:
 
 
 def plot(ds: xr.Dataset):
-    """Recovered fraction per variant, and the mean loss curves of the references and the
-    distilled optimizer."""
-    from lopt_trace.dashboard.distill import fraction_plot, loss_plot
+    """Recovered fraction per variant, what each mechanism carries, the mean loss curves of the
+    references and the distilled optimizer, and the distilled optimizer's parts: drawn as the
+    dashboard's Distillation tab and the report's Fig. 9 draw them."""
+    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
+    from lopt_trace.dashboard.distill import carried_plot, fraction_plot, loss_plot, parts_plots
 
-    return (fraction_plot(ds) + loss_plot(ds)).cols(2)
+    return holoviews().Layout([fraction_plot(ds), carried_plot(ds), loss_plot(ds), *parts_plots(ds)]).cols(2).opts(
+        shared_axes=False)
 
 
 def not_applicable(tree: xr.DataTree, optimizer: str | None = None) -> str | None:

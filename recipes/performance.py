@@ -74,19 +74,13 @@ def summary(ds: xr.Dataset) -> str:
 
 
 def plot(ds: xr.Dataset):
-    """Loss curves, mean ± sem over runs, one colour per optimizer (log loss axis)."""
-    from lopt_trace.analysis.plotting import holoviews
+    """Loss curves, mean ± sem over runs, one colour per optimizer (log loss axis), and the
+    meta-objective per optimizer: drawn as the dashboard's overview and the report's Fig. 1 draw
+    them."""
+    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
+    from lopt_trace.dashboard.overview import loss_plot, meta_objective_plot
 
-    hv = holoviews()
-
-    layers = []
-    for name in ds["optimizer"].values:
-        d = ds.sel(optimizer=name)
-        step = d["loss_step"].values
-        mean, sem = d["loss_mean"].values, np.nan_to_num(d["loss_sem"].values)
-        layers.append(hv.Spread((step, mean, sem), "step", ["loss", "sem"], label=str(name)).opts(alpha=0.3))
-        layers.append(hv.Curve((step, mean), "step", "loss", label=str(name)))
-    return hv.Overlay(layers).opts(title="training loss (mean ± sem over runs)", logy=True)
+    return holoviews().Layout([loss_plot(ds, logy=True), meta_objective_plot(ds)]).cols(2).opts(shared_axes=False)
 
 
 def run(store, **params) -> xr.Dataset:
