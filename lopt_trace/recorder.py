@@ -36,6 +36,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from lopt_trace import seeds as seedlib
 from lopt_trace.allocator import bound_malloc_growth
@@ -288,8 +289,6 @@ def record(task: Task, entries: list[OptimizerEntry], cfg: RecordConfig, out, *,
 
 def _compute(layout: Layout, entries, out, done, progress, stop_after, callback) -> int:
     """Run every unfinished (optimizer, run group) and stream it to the writer; returns blocks."""
-    from tqdm.auto import tqdm
-
     task = layout.task
     K, E, B = layout.steps, layout.every, layout.plan.block_records
     rb = layout.plan.run_batch

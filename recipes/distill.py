@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import xarray as xr
 
+from lopt_trace.analysis.rebuild import select_optimizer
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.distill import DEFAULT_SEED_BASE, NAME, VERSION
 from lopt_trace.distill import compute as _compute
 from lopt_trace.distill import summary as _summary
+from lopt_trace.distill.build import analyses
+from lopt_trace.distill.result import tuned_momentum
+from lopt_trace.errors import UserError
 
 
 def compute(tree: xr.DataTree, optimizer: str | None = None, problems: int = 64,
@@ -42,7 +46,7 @@ def plot(ds: xr.Dataset):
     """Recovered fraction per variant, what each mechanism carries, the mean loss curves of the
     references and the distilled optimizer, and the distilled optimizer's parts: drawn as the
     dashboard's Distillation tab and the report's Fig. 9 draw them."""
-    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
+    from lopt_trace.analysis.plotting import holoviews  # drawing only: computing loads no HoloViews or dashboard
     from lopt_trace.dashboard.distill import carried_plot, fraction_plot, loss_plot, parts_plots
 
     return holoviews().Layout([fraction_plot(ds), carried_plot(ds), loss_plot(ds), *parts_plots(ds)]).cols(2).opts(
@@ -51,11 +55,6 @@ def plot(ds: xr.Dataset):
 
 def not_applicable(tree: xr.DataTree, optimizer: str | None = None) -> str | None:
     """Why distill cannot run here (a missing analysis or tuned momentum), or None."""
-    from lopt_trace.analysis.rebuild import select_optimizer
-    from lopt_trace.distill.build import analyses
-    from lopt_trace.distill.result import tuned_momentum
-    from lopt_trace.errors import UserError
-
     try:
         analyses(tree, select_optimizer(tree, optimizer))
         tuned_momentum(tree)

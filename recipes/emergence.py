@@ -327,7 +327,7 @@ def plot(ds: xr.Dataset):
     """The meta-objective per checkpoint, each mechanism's progress from the first checkpoint to
     the last, and each metric in its own units: drawn as the dashboard's Emergence tab and the
     report's Fig. 8 draw them."""
-    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
+    from lopt_trace.analysis.plotting import holoviews  # drawing only: computing loads no HoloViews or dashboard
     from lopt_trace.dashboard.emergence import metric_plots, objective_plot, progress_plot
 
     return holoviews().Layout([objective_plot(ds), progress_plot(ds), *metric_plots(ds)]).cols(2).opts(

@@ -85,7 +85,7 @@ def layer_kind_histograms(ds: xr.Dataset) -> tuple[list[str], np.ndarray, np.nda
 def plot(ds: xr.Dataset):
     """Mean state trajectory per tensor on PC 1/2, effective LR per tensor over steps, and |g|
     histograms per layer and kind (the report's Fig. 7)."""
-    # HoloViews only when drawing, not computing; the histogram is drawn as the dashboard draws it
+    # HoloViews (and the dashboard's drawing, for the histograms) only when drawing, not computing
     from lopt_trace.analysis.plotting import holoviews
     from lopt_trace.dashboard.gradients import histogram_plot
     from lopt_trace.dashboard.style import palette

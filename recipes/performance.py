@@ -77,7 +77,7 @@ def plot(ds: xr.Dataset):
     """Loss curves, mean ± sem over runs, one colour per optimizer (log loss axis), and the
     meta-objective per optimizer: drawn as the dashboard's overview and the report's Fig. 1 draw
     them."""
-    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
+    from lopt_trace.analysis.plotting import holoviews  # drawing only: computing loads no HoloViews or dashboard
     from lopt_trace.dashboard.overview import loss_plot, meta_objective_plot
 
     return holoviews().Layout([loss_plot(ds, logy=True), meta_objective_plot(ds)]).cols(2).opts(shared_axes=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -78,8 +79,6 @@ _KINDS = {
 def made_by_lopt_trace(path: str | os.PathLike) -> str | None:
     """What lopt-trace wrote at ``path`` (``"store"``, ``"optimizer file"``, ...), from the root
     attributes of a Zarr tree there; None when it is anything else (or nothing)."""
-    import json
-
     path = str(path)
     try:
         if is_local(path):
@@ -96,8 +95,6 @@ def made_by_lopt_trace(path: str | os.PathLike) -> str | None:
 
 
 def _what_is_there(path: str) -> str:
-    import json
-
     if is_local(path):
         p = Path(path.removeprefix("file://"))
         if p.is_file():

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from lopt_trace import seeds as seedlib
@@ -82,8 +83,6 @@ class ShardedEvaluator:
     """
 
     def __init__(self, batched: Callable, devices):
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
         self.devices = list(devices)
         self.shards = len(self.devices)
         mesh = Mesh(np.array(self.devices), ("candidates",))
