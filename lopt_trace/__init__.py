@@ -25,7 +25,7 @@ def __dir__():
 
 def open_store(path, **kwargs):
     """Open a recorded store as a validated, Dask-backed ``xarray.DataTree`` (see docs/store.md)."""
-    from lopt_trace.store import open_store as _open
+    from lopt_trace.store import open_store as _open  # on call: the root stays light (see above)
 
     return _open(path, **kwargs)
 

@@ -28,6 +28,7 @@ from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer, sources
 from lopt_trace.optimizers.optax_wrap import is_optax_spec
 from lopt_trace.tasks.base import Task
+from lopt_trace.tune import read_tune_store, sample_problems
 from lopt_trace.unroll import loss_curve
 
 #: the optimizers Fig. 1 shows, in order
@@ -106,8 +107,6 @@ def loss_curves(task: Task, entries: list[Entry], seeds, steps: int | None = Non
     coords ``optimizer`` (labels), ``run`` (seeds), ``loss_step`` (0..K) and ``source``
     (optimizer), plus ``seconds (optimizer)``, the wall time of each optimizer's runs.
     """
-    from lopt_trace.tune import sample_problems
-
     steps = int(steps or task.default_steps)
     seeds = np.asarray(seeds, np.int64)
     problems = sample_problems(task, seeds)
@@ -232,8 +231,6 @@ def tune_stores(task: str, entries: list[Entry], tuned_file: str | os.PathLike |
     it is the search that chose the bundled θ (same samples, problems and creation time); a
     missing store is a note, not an error.
     """
-    from lopt_trace.tune import read_tune_store
-
     tuned = [e.label for e in entries if e.source == "tuned"]
     data, path = tuned_entries(task, tuned_file)
     found, notes = {}, []
@@ -319,6 +316,7 @@ _EXTRA = ("#8c564b", "#e377c2", "#bcbd22", "#17becf")
 
 def figure(curves: xr.Dataset, title: str | None = None):
     """Fig. 1: mean loss curve ± sem band per optimizer, log y (a HoloViews overlay, bokeh)."""
+    # HoloViews (slow to import) here and below only: comparing without a figure loads none
     import holoviews as hv
     import holoviews.plotting.bokeh
 
@@ -391,7 +389,7 @@ def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare")
     written, note = [html], None
     png = html.with_suffix(".png")
     try:
-        import selenium  # noqa: F401  (bokeh's export_png needs it and a browser)
+        import selenium  # noqa: F401  (optional, the test extra: bokeh's export_png needs it and a browser)
 
         hv.save(fig, str(png), backend="bokeh")
         written.append(png)

@@ -53,7 +53,7 @@ def enable(path: str | os.PathLike | None = None) -> Path | None:
         sys.stderr.write(f"lopt-trace: note: compilation cache off ({folder}: {exc.strerror or exc}); "
                          f"set {ENV} to a writable folder, or to off\n")
         return None
-    import jax
+    import jax  # here: every CLI command enables the cache; those that need no JAX load none when it is off
 
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

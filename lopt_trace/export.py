@@ -13,7 +13,9 @@ settings the run was started with; ``/meta_train`` holds the history so far.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 
 import numpy as np
 import xarray as xr
@@ -22,8 +24,8 @@ from lopt_trace.errors import UserError
 from lopt_trace.optimizers import make_optimizer
 from lopt_trace.optimizers.io import save_optimizer
 from lopt_trace.provenance import machine
+from lopt_trace.store.optimizer_file import open_checkpoint_file
 from lopt_trace.theta import theta_from_dataset
-from lopt_trace.zarr_io import exists, open_tree
 
 
 def best_checkpoint(history: xr.Dataset) -> int:
@@ -45,11 +47,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     started before checkpoints kept their time). Returns the ``metatrain`` attribute written
     (settings plus what was exported).
     """
-    if not exists(checkpoint):
-        raise UserError(f"no meta-training checkpoint at {checkpoint}")
-    tree = open_tree(checkpoint)
-    if "history" not in tree.children or "settings" not in tree.attrs:
-        raise UserError(f"{checkpoint} is not a lopt-trace meta-training checkpoint")
+    tree = open_checkpoint_file(checkpoint)
     settings = dict(tree.attrs["settings"])
     history = tree["history"].to_dataset().load()
     i = best_checkpoint(history)
@@ -77,9 +75,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
 
 def main(argv=None) -> int:
     """``python -m lopt_trace.export CHECKPOINT OUT [--overwrite]``: one line on error, exit 2."""
-    import argparse
-    import sys
-
     p = argparse.ArgumentParser(prog="python -m lopt_trace.export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="an unfinished run's checkpoint (OUT.checkpoint of `lopt-trace train`)")
     p.add_argument("out", help="the optimizer file to write")

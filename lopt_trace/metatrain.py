@@ -27,7 +27,6 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -35,21 +34,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import xarray as xr
+from tqdm.auto import tqdm
 
 from lopt_trace import pes as peslib
 from lopt_trace import seeds as seedlib
 from lopt_trace.errors import UserError
+from lopt_trace.metatrain_history import (HISTORY_ATTRS, check_output, checkpoint_path,  # noqa: F401
+                                          checkpoint_wall_time, history_dataset, read_checkpoint,
+                                          read_checkpoint_warm_start, thetas_from_history, write_checkpoint)
 from lopt_trace.optimizers import LearnedGRU
 from lopt_trace.optimizers.io import save_optimizer
 from lopt_trace.provenance import machine
 from lopt_trace.sharding import batch_placement, shard_count
+from lopt_trace.store import locked_output
+from lopt_trace.store.zarr_io import exists, remove
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune import best_config
-from lopt_trace.theta import theta_from_dataset, theta_to_dataset
 from lopt_trace.unroll import InnerState, init_inner, loss_curve, meta_objective, run_population
-from lopt_trace.store import locked_output
-from lopt_trace.zarr_io import (check_replaceable, exists, open_tree, probe_writable, remove,
-                                write_tree)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,133 +287,13 @@ class MetaTrainer:
         return state, metrics
 
 
-# -- history and checkpoints ---------------------------------------------------------------------
-HISTORY_ATTRS = {
-    "meta_loss": ("meta-objective: mean_k f_k / f_0 over the truncation, batch mean (+ L2)", "1"),
-    "meta_grad_norm": ("global norm of the meta-gradient before clipping", "1"),
-    "learning_rate": ("meta-optimizer learning rate", "1"),
-    "skipped": ("step skipped because the meta-loss or meta-gradient was not finite", "1"),
-}
-
-
+# -- warm start --------------------------------------------------------------------------------
 def best_of_search(ds: xr.Dataset) -> dict:
     """The best candidate of a warm-start search with its objective, as stored in the settings."""
     best = best_config(ds)
     return {"theta": best["theta"], "objective": best["objective"], "objective_sem": best["sem"],
             "samples": int(ds.sizes["sample"]), "problems": int(ds.sizes["problem"])}
 
-
-def history_dataset(records: dict[str, list], theta_checkpoints: list[dict],
-                    checkpoint_iterations: list[int], validation: list[float] | None = None,
-                    selected: int | None = None) -> xr.Dataset:
-    """The meta-training history: per-iteration metrics and θ along a ``checkpoint`` dim.
-
-    With validation, ``validation (checkpoint)`` holds each checkpoint's score and
-    ``selected_checkpoint`` the iteration of the θ that was kept.
-    """
-    n = len(records.get("meta_loss", []))
-    ds = xr.Dataset(coords={"iteration": ("iteration", np.arange(n, dtype=np.int64),
-                                          {"long_name": "meta-iteration", "units": "1"})})
-    for name, (long_name, units) in HISTORY_ATTRS.items():
-        dtype = bool if name == "skipped" else np.float32
-        ds[name] = xr.Variable("iteration", np.asarray(records.get(name, []), dtype=dtype),
-                               {"long_name": long_name, "units": units})
-    if theta_checkpoints:
-        stacked = {f"theta_{k}": np.stack([np.asarray(t[k]) for t in theta_checkpoints])
-                   for k in theta_checkpoints[0]}
-        ds = ds.merge(theta_to_dataset(stacked, leading=("checkpoint",)))
-        ds = ds.assign_coords(checkpoint=("checkpoint", np.asarray(checkpoint_iterations, np.int64),
-                                          {"long_name": "iteration of the θ checkpoint", "units": "1"}))
-    if validation:
-        ds["validation"] = xr.Variable("checkpoint", np.asarray(validation, np.float64), {
-            "long_name": "meta-objective over the whole horizon on the validation problems",
-            "units": "1"})
-    if selected is not None:
-        ds["selected_checkpoint"] = xr.Variable((), np.int64(selected), {
-            "long_name": "iteration of the θ kept (lowest validation meta-objective)", "units": "1"})
-    ds["skipped_total"] = xr.Variable((), np.int64(np.sum(ds["skipped"].values)),
-                                      {"long_name": "number of skipped meta-iterations", "units": "1"})
-    return ds
-
-
-def thetas_from_history(history: xr.Dataset) -> list[dict]:
-    """θ at each checkpoint of a history dataset."""
-    if "checkpoint" not in history.dims:
-        return []
-    return [theta_from_dataset(history.isel(checkpoint=i), prefix="theta_")
-            for i in range(history.sizes["checkpoint"])]
-
-
-def _leaves_dataset(state: TrainState) -> xr.Dataset:
-    leaves = jax.tree.leaves(state)
-    return xr.Dataset({f"leaf{i:04d}": xr.Variable(tuple(f"leaf{i:04d}_{j}" for j in range(np.ndim(v))),
-                                                    np.asarray(v)) for i, v in enumerate(leaves)})
-
-
-def checkpoint_path(out: str | os.PathLike) -> Path:
-    """Where a run writing ``out`` keeps its resumable checkpoint."""
-    out = Path(out)
-    return out.with_name(out.name + ".checkpoint")
-
-
-def write_checkpoint(path, state: TrainState, iteration: int, history: xr.Dataset, settings: dict,
-                     warm_start: xr.Dataset | None = None, wall_time_s: float | None = None) -> None:
-    """The full training state at ``iteration``; ``wall_time_s`` is the run's wall time so far
-    (summed over the commands that ran it), kept apart from ``settings``."""
-    attrs = {"next_iteration": int(iteration), "settings": settings}
-    if wall_time_s is not None:
-        attrs["wall_time_s"] = round(float(wall_time_s), 1)
-    nodes = {
-        "/": xr.Dataset(attrs=attrs),
-        "/state": _leaves_dataset(state),
-        "/history": history,
-    }
-    if warm_start is not None:
-        nodes["/warm_start"] = warm_start
-    write_tree(xr.DataTree.from_dict(nodes), path, overwrite=True)
-
-
-def read_checkpoint_warm_start(out: str | os.PathLike) -> tuple[dict, xr.Dataset] | None:
-    """The optimizer configuration and warm-start search of an unfinished run writing ``out``.
-
-    ``None`` when there is no checkpoint or the run did not start warm. Resuming a warm-started
-    run uses these instead of searching again.
-    """
-    ckpt = checkpoint_path(out)
-    if not exists(ckpt):
-        return None
-    tree = open_tree(ckpt)
-    if "warm_start" not in tree.children:
-        return None
-    return dict(tree.attrs["settings"]["optimizer"]), tree["warm_start"].to_dataset().load()
-
-
-def read_checkpoint(path, template: TrainState):
-    tree = open_tree(path)
-    ds = tree["state"].to_dataset().load()
-    leaves = [ds[f"leaf{i:04d}"].values for i in range(len(ds.data_vars))]
-    treedef = jax.tree.structure(template)
-    tmpl_leaves = jax.tree.leaves(template)
-    if len(leaves) != len(tmpl_leaves):
-        raise UserError(f"checkpoint {path} does not match this configuration; start again with --overwrite")
-    leaves = [jnp.asarray(v, dtype=t.dtype) for v, t in zip(leaves, tmpl_leaves)]
-    return (jax.tree.unflatten(treedef, leaves), int(tree.attrs["next_iteration"]),
-            tree["history"].to_dataset().load(), dict(tree.attrs["settings"]))
-
-
-def check_output(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
-    """Raise :class:`UserError` unless a run may write ``out`` (checked before any work)."""
-    ckpt = checkpoint_path(out)
-    if exists(out) and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-    if resume and not exists(ckpt):
-        raise UserError(f"nothing to resume: no checkpoint at {ckpt}; run without --resume")
-    if not resume and exists(ckpt) and not overwrite:
-        raise UserError(f"an unfinished run left {ckpt}; pass --resume to continue it or --overwrite to start again")
-    if overwrite:  # issue #14: --overwrite replaces only what lopt-trace made
-        check_replaceable(out)
-        check_replaceable(ckpt)
-    probe_writable(out)  # issue #14: a folder we cannot write fails now, not after training
 
 
 @locked_output("training run")  # issue #14: one `train` per --out (lock <out>.lock, as record)
@@ -456,7 +337,7 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     start = 0
     prior_s = 0.0  # wall time of the commands that ran this run before (from the checkpoint)
     if resume:
-        prior_s = float(open_tree(ckpt).attrs.get("wall_time_s", 0.0))
+        prior_s = checkpoint_wall_time(ckpt)
         state, start, history, saved = read_checkpoint(ckpt, state)
         if saved != settings:
             raise UserError(f"checkpoint {ckpt} was made with other settings; resume with the same options")
@@ -475,8 +356,6 @@ def train(task: Task, optimizer: LearnedGRU, cfg: MetaTrainConfig, out: str | os
     if cfg.validation and start == 0:
         keep(state.theta, 0)  # the starting θ competes too (a warm start may be the best)
     end = cfg.iterations if stop_after is None else min(cfg.iterations, stop_after)
-    from tqdm.auto import tqdm
-
     stopped = "stop_after" if end < cfg.iterations else None
     durations = []  # seconds per iteration (step, validation, checkpoint) in this call
     bar = tqdm(range(start, end), initial=start, total=cfg.iterations, disable=not progress,

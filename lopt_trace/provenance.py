@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
+import platform
+import shlex
 import sys
+
+from lopt_trace._version import __version__
 
 
 def versions() -> dict[str, str]:
     """Versions of lopt-trace and the libraries whose behaviour shapes the results."""
-    from lopt_trace._version import __version__
-
     out = {"python": sys.version.split()[0], "lopt_trace": __version__}
     for dist in ("jax", "jaxlib", "optax", "numpy", "xarray", "zarr", "dask"):
         try:
@@ -22,9 +25,6 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict:
     """What a run was computed on (recorded with finished and exported optimizer files alike)."""
-    import os
-    import platform
-
     return {"platform": platform.platform(), "processor": platform.machine(),
             "cpu_count": os.cpu_count() or 0}
 
@@ -36,6 +36,4 @@ def utc_now() -> str:
 
 def command_line() -> str:
     """The command that is running, as typed."""
-    import shlex
-
     return " ".join(shlex.quote(a) for a in ["lopt-trace", *sys.argv[1:]]) if sys.argv else ""

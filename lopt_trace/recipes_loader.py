@@ -17,6 +17,11 @@ from pathlib import Path
 
 from lopt_trace.errors import UserError
 
+try:
+    import cloudpickle
+except ImportError:  # pragma: no cover - dask depends on it
+    cloudpickle = None
+
 _PACKAGE = Path(__file__).resolve().parent
 PREFIX = "lopt_trace.recipes"
 
@@ -113,12 +118,11 @@ def load(name: str) -> types.ModuleType:
         sys.modules.pop(full, None)
         raise
     setattr(parent, name, module)
-    try:  # ship recipe code to dask.distributed workers by value: they may not have the folder
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
-    except (ImportError, ValueError):
-        pass
+    if cloudpickle is not None:  # ship recipe code to dask.distributed workers by value: they may
+        try:                      # not have the folder
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:
+            pass
     for attr in ("compute", "summary", "plot", "run"):
         if not callable(getattr(module, attr, None)):
             raise UserError(f"recipe {path} has no {attr}() function")

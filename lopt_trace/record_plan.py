@@ -20,7 +20,7 @@ from lopt_trace.store.sizes import human_bytes
 from lopt_trace.store.zarr_io import is_local
 from lopt_trace.tasks.base import Task
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only
     from lopt_trace.optimizers.sources import Entry as OptimizerEntry
 
 #: bytes of block output (per-parameter arrays and aggregates) aimed at per jitted block

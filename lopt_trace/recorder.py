@@ -38,6 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from lopt_trace import seeds as seedlib
 from lopt_trace.allocator import bound_malloc_growth
@@ -304,8 +305,6 @@ def _compute(layout: Layout, entries, out, done, progress, stop_after, callback,
     ``placement`` (:func:`lopt_trace.sharding.batch_placement`): θ copied to every device and the
     problems split along their run axis, so the jitted functions (unchanged) run each device's
     runs where they are and their outputs stay split the same way; None: the default device."""
-    from tqdm.auto import tqdm
-
     task = layout.task
     K, E, B = layout.steps, layout.every, layout.plan.block_records
     rb = layout.plan.run_batch

@@ -20,10 +20,18 @@ import time
 import warnings
 from pathlib import Path
 
+from bokeh.core.templates import CSS_RESOURCES, JS_RESOURCES
+from bokeh.embed import components
+from bokeh.embed.bundle import bundle_for_objs_and_resources
+from bokeh.io import export_png
+from bokeh.resources import INLINE
+from tqdm.auto import tqdm
+
 from lopt_trace import recipes_loader
-from lopt_trace.dashboard.style import hv
 from lopt_trace.dashboard.data import RECIPE_ROLES, StoreView, human_bytes
+from lopt_trace.dashboard.style import hv
 from lopt_trace.errors import UserError
+from lopt_trace.store.zarr_io import exists
 from lopt_trace.report_figures import (FIGURES, Figure, figure_1, figure_3, figure_4,  # noqa: F401
                                        figure_5, figure_6, figure_7, figure_8, figure_9)
 
@@ -49,8 +57,6 @@ def _not_applicable(view: StoreView, recipe: str) -> str | None:
 
 def collect(view: StoreView, compute: bool = True, progress: bool = False) -> list[Figure]:
     """Compute missing analyses (when ``compute``), then draw every figure."""
-    from tqdm.auto import tqdm
-
     problems = {}
     if compute and view.writable:  # not distill: it runs new problems (`lopt-trace distill`)
         missing = [r for r in RECIPES if view.analysis(r) is None and r not in recipes_loader.ON_DEMAND
@@ -90,11 +96,6 @@ table.numbers td { border: 1px solid #ddd; padding: 2px 10px; } .missing { color
 
 def render_html(view: StoreView, figs: list[Figure], title: str | None = None) -> str:
     """The report page: Bokeh inlined, one section per figure."""
-    from bokeh.core.templates import CSS_RESOURCES, JS_RESOURCES
-    from bokeh.embed import components
-    from bokeh.embed.bundle import bundle_for_objs_and_resources
-    from bokeh.resources import INLINE
-
     h = hv()
     models = {f.key: h.render(f.plot, backend="bokeh") for f in figs if f.ok}
     script, divs = components(models) if models else ("", {})
@@ -146,7 +147,7 @@ def chrome_webdriver():
     if not chromium or not driver:
         raise UserError("--png needs Chromium and chromedriver; install them with "
                         "`apt-get install chromium chromium-driver` (Debian/Ubuntu)")
-    try:
+    try:  # selenium is optional (the test extra): only --png needs it
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
@@ -161,8 +162,6 @@ def chrome_webdriver():
 
 def write_pngs(figs: list[Figure], out_dir, driver=None) -> list[str]:
     """Each drawn figure as ``out_dir/<key>.png``."""
-    from bokeh.io import export_png
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     own = driver is None
@@ -185,8 +184,6 @@ def write_pngs(figs: list[Figure], out_dir, driver=None) -> list[str]:
 def write_report(store, out, png_dir=None, compute: bool = True, overwrite: bool = False,
                  progress: bool = False, title: str | None = None) -> ReportResult:
     """Write the HTML report of ``store`` to ``out`` (and PNGs to ``png_dir``)."""
-    from lopt_trace.zarr_io import exists
-
     started = time.perf_counter()
     store_path = os.fspath(store) if not hasattr(store, "subtree") else None
     if store_path is not None and not exists(store_path):

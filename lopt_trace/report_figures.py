@@ -1,6 +1,11 @@
 """The report's figures: analogues of Figs. 1 and 3–7 of the paper, Fig. 8 and Fig. 9, each drawn
 from the store's ``/analysis/<recipe>`` result with its caption and key numbers (see
-:mod:`lopt_trace.report`)."""
+:mod:`lopt_trace.report`).
+
+Figs. 5–9 are the recipe's own ``plot(result)``, lettered and laid out here; Figs. 1, 3 and 4 add
+what only the store has (the loss arrays when ``/analysis/performance`` is missing, the recorded
+states, the tuned baselines) and are drawn with the dashboard's plotting functions, which the
+recipes' plots of performance, emergence and distill also call."""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import dataclasses
 
 import numpy as np
 
-from lopt_trace.dashboard.style import hv, palette, strings
+from lopt_trace import recipes_loader
+from lopt_trace.dashboard import emergence, gradients, linear_dynamics, overview, state_space, update_functions
 from lopt_trace.dashboard.data import StoreView
+from lopt_trace.dashboard.style import hv, strings
 
 
 @dataclasses.dataclass
@@ -38,8 +45,6 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _summary(recipe: str, ds) -> str:
-    from lopt_trace import recipes_loader
-
     try:
         return recipes_loader.load(recipe).summary(ds)
     except Exception as exc:  # noqa: BLE001 - a summary is a nicety
@@ -56,8 +61,6 @@ def _analysis(view: StoreView, fig: Figure):
 
 
 def figure_1(view: StoreView) -> Figure:
-    from lopt_trace.dashboard import overview
-
     fig = Figure("fig1", "Figure 1 · Performance", "performance",
                  "Training loss on held-out test problems (seeds never used in meta-training) for "
                  "every optimizer in the store, mean ± standard error over runs (left), and the "
@@ -87,8 +90,6 @@ def figure_1(view: StoreView) -> Figure:
 
 
 def figure_3(view: StoreView) -> Figure:
-    from lopt_trace.dashboard import linear_dynamics, state_space
-
     fig = Figure("fig3", "Figure 3 · Momentum", "momentum",
                  "(a) Optimizer states projected on their first two principal components, coloured "
                  "by step, with the fixed points of F(θ, h, 0) (red stars) and the initial state "
@@ -129,8 +130,6 @@ def figure_3(view: StoreView) -> Figure:
 
 
 def figure_4(view: StoreView) -> Figure:
-    from lopt_trace.dashboard import gradients, update_functions
-
     fig = Figure("fig4", "Figure 4 · Gradient clipping", "clipping",
                  "(a) Update functions Δx(g) = readout(θ, F(θ, h, g)) at the initial state (thick) and "
                  "at states sampled along recorded trajectories (thin), with SGD's update at its "
@@ -182,6 +181,19 @@ def figure_4(view: StoreView) -> Figure:
     return fig
 
 
+def _recipe_plot(recipe: str, ds):
+    """The recipe's own ``plot(ds)``, its panels lettered (a), (b), ... as the captions name them,
+    two to a row."""
+    h = hv()
+    drawn = recipes_loader.load(recipe).plot(ds)
+    panels = list(drawn) if isinstance(drawn, h.Layout) else [drawn]
+    lettered = []
+    for i, panel in enumerate(panels):
+        title = h.Store.lookup_options("bokeh", panel, "plot").kwargs.get("title", "")
+        lettered.append(panel.opts(title=f"({chr(ord('a') + i)}) {title}".rstrip(), clone=True))
+    return h.Layout(lettered).cols(2).opts(shared_axes=False)
+
+
 def figure_5(view: StoreView) -> Figure:
     fig = Figure("fig5", "Figure 5 · Learning-rate schedule", "schedule",
                  "(a) Effective learning rate −∂Δx/∂g along the autonomous trajectory h_{k+1} = "
@@ -192,18 +204,7 @@ def figure_5(view: StoreView) -> Figure:
     sch = _analysis(view, fig)
     if sch is None:
         return fig
-    h = hv()
-    curves = [h.Curve((sch["auto_step"].values, sch["auto_effective_learning_rate"].values), "step",
-                      "effective learning rate", label="autonomous (g = 0)").opts(color="green", line_width=2)]
-    if "recorded_effective_learning_rate" in sch:
-        curves.append(h.Curve((sch["step"].values + 1, sch["recorded_effective_learning_rate"].values), "step",
-                              "effective learning rate", label="recorded mean state").opts(color="#1f77b4"))
-    left = h.Overlay(curves).opts(title="(a) learning-rate schedule", width=520, height=360, show_grid=True,
-                                  legend_position="right")  # inside, it covered the curves
-    right = h.Curve((sch["auto_step"].values, sch["auto_readout_fraction"].values), "step",
-                    "share along the readout").opts(title="(b) autonomous motion along the readout",
-                                                    width=420, height=360, show_grid=True)
-    fig.plot = h.Layout([left, right]).cols(2).opts(shared_axes=False)
+    fig.plot = _recipe_plot("schedule", sch)
     a = sch.attrs
     fig.summary = _summary("schedule", sch)
     fig.numbers = [("optimizer", str(a.get("optimizer"))), ("η at step 0", _fmt(a.get("eta_start"))),
@@ -223,24 +224,7 @@ def figure_6(view: StoreView) -> Figure:
     ad = _analysis(view, fig)
     if ad is None:
         return fig
-    h = hv()
-    colours = {"negative": "#1f77b4", "positive": "#d62728"}
-    s_layers, e_layers = [], []
-    for arm in strings(ad["arm"].values):
-        p = ad["projection"].sel(arm=arm)
-        x = p.isel(component=0).values
-        y = p.isel(component=1).values if p.sizes["component"] > 1 else ad["g_star"].sel(arm=arm).values
-        ylabel = "PC 2" if p.sizes["component"] > 1 else "g*"
-        s_layers.append(h.Curve((x, y), "PC 1", ylabel, label=f"g* {arm}").opts(color=colours.get(arm), line_width=2))
-        s_layers.append(h.Points((x, y, ad["g_star"].sel(arm=arm).values), ["PC 1", ylabel], ["g*"]).opts(
-            color="g*", cmap="coolwarm", size=7, colorbar=arm == "positive", tools=["hover"]))
-        e_layers.append(h.Curve((ad["g_abs"].values, ad["effective_learning_rate"].sel(arm=arm).values), "|g*|",
-                                "effective learning rate", label=f"g* {arm}").opts(color=colours.get(arm), line_width=2))
-    left = h.Overlay(s_layers).opts(title="(a) fixed points h*(g*): the S-curve", width=540, height=380,
-                                    show_grid=True, legend_position="top_left")
-    right = h.Overlay(e_layers).opts(title="(b) effective learning rate along the arms", width=480, height=380,
-                                     show_grid=True, legend_position="top_right")
-    fig.plot = h.Layout([left, right]).cols(2).opts(shared_axes=False)
+    fig.plot = _recipe_plot("adaptation", ad)
     a = ad.attrs
     fig.summary = _summary("adaptation", ad)
     fig.numbers = [("optimizer", str(a.get("optimizer"))), ("η at g* = 0", _fmt(a.get("eta_zero"))),
@@ -250,58 +234,43 @@ def figure_6(view: StoreView) -> Figure:
     return fig
 
 
-def figure_7(view: StoreView) -> Figure:
-    from lopt_trace.dashboard import gradients
+def _geometric_means(labels, counts, edges) -> list[tuple[str, str]]:
+    """``(geometric mean |g|, label)`` of each histogram, as key numbers."""
+    centres = np.log(gradients.bin_centres(edges))
+    return [(f"geometric mean |g|, {lab}", _fmt(float(np.exp(np.sum(centres * c) / max(c.sum(), 1)))))
+            for lab, c in zip(labels, counts)]
 
+
+def figure_7(view: StoreView) -> Figure:
     fig = Figure("fig7", "Figure 7 · Layers and kinds", "layers",
                  "(a) Mean state trajectory of every tensor (over all of its parameters and the runs) "
                  "on the first two principal components. (b) Effective learning rate at those mean "
                  "states over steps. (c) Gradient-magnitude histograms by layer and kind (weight, "
                  "bias), over every parameter and step. Different tensors sit in different regions "
                  "of state space, so they get different effective learning rates.")
-    h = hv()
     lay = view.analysis("layers")
-    plots = []
     if lay is not None:
-        tensors = strings(lay["tensor"].values)
-        trajs, etas = [], []
-        for t, colour in zip(tensors, palette(len(tensors))):
-            if "tensor_projection" in lay:
-                p = lay["tensor_projection"].sel(tensor=t)
-                y = p.isel(component=1).values if p.sizes["component"] > 1 else lay["step"].values
-                trajs.append(h.Curve((p.isel(component=0).values, y), "PC 1",
-                                     "PC 2" if p.sizes["component"] > 1 else "step", label=t).opts(color=colour))
-            etas.append(h.Curve((lay["step"].values, lay["tensor_effective_learning_rate"].sel(tensor=t).values),
-                                "step", "effective learning rate", label=t).opts(color=colour))
-        if trajs:
-            plots.append(h.Overlay(trajs).opts(title="(a) mean state per tensor", width=480, height=380,
-                                               show_grid=True, show_legend=False))
-        plots.append(h.Overlay(etas).opts(title="(b) effective learning rate per tensor", width=560,
-                                           height=380, show_grid=True, legend_position="right"))
+        fig.plot = _recipe_plot("layers", lay)
         a = lay.attrs
         fig.summary = _summary("layers", lay)
         fig.numbers = [("optimizer", str(a.get("optimizer")))]
         fig.numbers += [(f"η at the last step, {k}", _fmt(v)) for k, v in dict(a.get("eta_last_kind", {})).items()]
-        opt_name = str(a.get("optimizer"))
-    else:
-        fig.problem = (f"no /analysis/layers, so no per-tensor trajectories; run "
-                       f"`{view.command('layers')}`")
-        opt_name = view.default_optimizer()
+        fig.numbers += _geometric_means(*recipes_loader.load("layers").layer_kind_histograms(lay))
+        return fig
+    # no /analysis/layers: (c) alone, from the recorded histograms
+    fig.problem = (f"no /analysis/layers, so no per-tensor trajectories; run "
+                   f"`{view.command('layers')}`")
+    opt_name = view.default_optimizer()
     if opt_name in view.optimizers and view.has_variable(opt_name, "gradient_hist"):
         labels, counts, edges = gradients.histograms(view.group(opt_name), "layer & kind")
-        plots.append(gradients.histogram_plot(labels, counts, edges, True, None,
-                                              title=f"(c) |g| by layer and kind ({opt_name})"))
-        med = [(lab, float(np.exp(np.sum(np.log(gradients.bin_centres(edges)) * c) / max(c.sum(), 1))))
-               for lab, c in zip(labels, counts)]
-        fig.numbers += [(f"geometric mean |g|, {lab}", _fmt(v)) for lab, v in med]
-    if plots:
-        fig.plot = h.Layout(plots).cols(2).opts(shared_axes=False)
+        fig.plot = hv().Layout([gradients.histogram_plot(labels, counts, edges, True, None,
+                                                         title=f"(c) |g| by layer and kind ({opt_name})")]
+                               ).cols(2).opts(shared_axes=False)
+        fig.numbers += _geometric_means(labels, counts, edges)
     return fig
 
 
 def figure_8(view: StoreView) -> Figure:
-    from lopt_trace.dashboard import emergence
-
     fig = Figure("fig8", "Figure 8 · Emergence during meta-training", "emergence",
                  "The mechanisms analysed at every θ checkpoint of the store's meta-training history "
                  "(not in the paper). (a) The meta-objective of each checkpoint (validation when "
@@ -319,9 +288,7 @@ def figure_8(view: StoreView) -> Figure:
         fig.problem = (f"{reason}." if reason else
                        f"no /analysis/emergence; run `{view.command('emergence')}`")
         return fig
-    fig.plot = hv().Layout([emergence.objective_plot(em, "(a) meta-objective"),
-                            emergence.progress_plot(em, "(b) each mechanism, first checkpoint 0 → last 1"),
-                            *emergence.metric_plots(em)]).cols(2).opts(shared_axes=False)
+    fig.plot = _recipe_plot("emergence", em)
     a = em.attrs
     fig.summary = _summary("emergence", em)
     fig.numbers = [("optimizer", str(a.get("optimizer"))),
@@ -337,8 +304,6 @@ def figure_8(view: StoreView) -> Figure:
 
 
 def figure_9(view: StoreView) -> Figure:
-    from lopt_trace.dashboard import distill
-
     fig = Figure("fig9", "Figure 9 · Distillation", "distill",
                  "Do the mechanisms found explain the learned optimizer? (not in the paper). An "
                  "optimizer built from the store's analyses (heavy-ball momentum fitted to the "
@@ -353,16 +318,11 @@ def figure_9(view: StoreView) -> Figure:
                  "(d–f) The distilled optimizer's schedule, clip and adaptation curve.")
     ds = view.analysis(fig.recipe)
     if ds is None:
-        from lopt_trace import recipes_loader
-
         reason = recipes_loader.load("distill").not_applicable(view.tree)
         fig.problem = (f"{reason}." if reason else
                        f"no /analysis/distill; run `{view.command('distill')}`")
         return fig
-    fig.plot = hv().Layout([distill.fraction_plot(ds, "(a) recovered fraction of the advantage"),
-                            distill.carried_plot(ds, "(b) carried by each mechanism"),
-                            distill.loss_plot(ds, "(c) mean training loss on the held-out problems"),
-                            *distill.parts_plots(ds)]).cols(2).opts(shared_axes=False)
+    fig.plot = _recipe_plot("distill", ds)
     a = ds.attrs
     fig.summary = _summary("distill", ds)
     mo = dict(a.get("meta_objective") or {})

@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 
 import jax
+import psutil
 
 from lopt_trace.errors import UserError
+from lopt_trace.store.sizes import human_bytes
 
 #: state-sized residuals backpropagation keeps per inner step (z, r, h̃ and h of the GRU)
 RESIDUALS_PER_STEP = 4
@@ -50,10 +52,6 @@ def estimate(task, opt, cfg) -> int:
 
 def check_fits(task, opt, cfg) -> None:
     """Refuse meta-training that cannot fit in the available memory, before it starts."""
-    import psutil
-
-    from lopt_trace.store.sizes import human_bytes
-
     need = estimate(task, opt, cfg)
     avail = psutil.virtual_memory().available
     if need > avail:

@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis import group_pca, project, rebuild, run_group, s_curve, select_optimizer
+from lopt_trace.analysis.conventions import strings
 from lopt_trace.analysis.fixed_points import LEFT_RANGE
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.analysis.sampling import analysis_start, gradient_quantile
@@ -86,21 +87,35 @@ def summary(ds: xr.Dataset) -> str:
             f"{a['eta_negative']:.3g} ({ratio(a['eta_negative'])}) at g* = −{a['g_max']:.3g} " + tail)
 
 
+#: colour of each arm of the S-curve
+ARM_COLOURS = {"negative": "#1f77b4", "positive": "#d62728"}
+
+
 def plot(ds: xr.Dataset):
-    """The S-curve on the first two PCs, and η against |g*| for both arms."""
-    from lopt_trace.analysis.plotting import holoviews
+    """The S-curve on the first two PCs (points coloured by g*), and η against |g*| on both arms
+    (the report's Fig. 6)."""
+    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
 
     hv = holoviews()
-
-    curves, etas = [], []
-    for arm in ds["arm"].values:
+    s_layers, e_layers = [], []
+    for arm in strings(ds["arm"].values):
         p = ds["projection"].sel(arm=arm)
-        y = p.isel(component=1).values if p.sizes["component"] > 1 else np.zeros(p.sizes["g_abs"])
-        curves.append(hv.Curve((p.isel(component=0).values, y), "PC 1", "PC 2", label=str(arm)))
-        etas.append(hv.Curve((ds["g_abs"].values, ds["effective_learning_rate"].sel(arm=arm).values),
-                             "|g*|", "effective learning rate", label=str(arm)))
-    return (hv.Overlay(curves).opts(title="fixed points h*(g*)")
-            + hv.Overlay(etas).opts(title="effective learning rate along the arms")).cols(2)
+        g_star = ds["g_star"].sel(arm=arm).values
+        x = p.isel(component=0).values
+        y = p.isel(component=1).values if p.sizes["component"] > 1 else g_star
+        ylabel = "PC 2" if p.sizes["component"] > 1 else "g*"
+        s_layers.append(hv.Curve((x, y), "PC 1", ylabel, label=f"g* {arm}").opts(color=ARM_COLOURS.get(arm),
+                                                                                line_width=2))
+        s_layers.append(hv.Points((x, y, g_star), ["PC 1", ylabel], ["g*"]).opts(
+            color="g*", cmap="coolwarm", size=7, colorbar=arm == "positive", tools=["hover"]))
+        e_layers.append(hv.Curve((ds["g_abs"].values, ds["effective_learning_rate"].sel(arm=arm).values), "|g*|",
+                                 "effective learning rate", label=f"g* {arm}").opts(color=ARM_COLOURS.get(arm),
+                                                                                   line_width=2))
+    left = hv.Overlay(s_layers).opts(title="fixed points h*(g*): the S-curve", width=540, height=380,
+                                     show_grid=True, legend_position="top_left")
+    right = hv.Overlay(e_layers).opts(title="effective learning rate along the arms", width=480, height=380,
+                                      show_grid=True, legend_position="top_right")
+    return (left + right).cols(2).opts(shared_axes=False)
 
 
 def run(store, **params) -> xr.Dataset:

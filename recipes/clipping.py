@@ -121,7 +121,7 @@ def summary(ds: xr.Dataset) -> str:
 
 def plot(ds: xr.Dataset):
     """Update functions (initial state in black) and the gradient-magnitude histogram."""
-    from lopt_trace.analysis.plotting import holoviews
+    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
 
     hv = holoviews()
 

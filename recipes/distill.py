@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import xarray as xr
 
+from lopt_trace.analysis.rebuild import select_optimizer
 from lopt_trace.analysis.results import run_recipe
 from lopt_trace.distill import DEFAULT_SEED_BASE, NAME, VERSION
 from lopt_trace.distill import compute as _compute
 from lopt_trace.distill import summary as _summary
+from lopt_trace.distill.build import analyses
+from lopt_trace.distill.result import tuned_momentum
+from lopt_trace.errors import UserError
 
 
 def compute(tree: xr.DataTree, optimizer: str | None = None, problems: int = 64,
@@ -39,20 +43,18 @@ def summary(ds: xr.Dataset) -> str:
 
 
 def plot(ds: xr.Dataset):
-    """Recovered fraction per variant, and the mean loss curves of the references and the
-    distilled optimizer."""
-    from lopt_trace.dashboard.distill import fraction_plot, loss_plot
+    """Recovered fraction per variant, what each mechanism carries, the mean loss curves of the
+    references and the distilled optimizer, and the distilled optimizer's parts: drawn as the
+    dashboard's Distillation tab and the report's Fig. 9 draw them."""
+    from lopt_trace.analysis.plotting import holoviews  # drawing only: computing loads no HoloViews or dashboard
+    from lopt_trace.dashboard.distill import carried_plot, fraction_plot, loss_plot, parts_plots
 
-    return (fraction_plot(ds) + loss_plot(ds)).cols(2)
+    return holoviews().Layout([fraction_plot(ds), carried_plot(ds), loss_plot(ds), *parts_plots(ds)]).cols(2).opts(
+        shared_axes=False)
 
 
 def not_applicable(tree: xr.DataTree, optimizer: str | None = None) -> str | None:
     """Why distill cannot run here (a missing analysis or tuned momentum), or None."""
-    from lopt_trace.analysis.rebuild import select_optimizer
-    from lopt_trace.distill.build import analyses
-    from lopt_trace.distill.result import tuned_momentum
-    from lopt_trace.errors import UserError
-
     try:
         analyses(tree, select_optimizer(tree, optimizer))
         tuned_momentum(tree)

@@ -324,19 +324,14 @@ def summary(ds: xr.Dataset) -> str:
 
 
 def plot(ds: xr.Dataset):
-    """The meta-objective and each mechanism's strength against the meta-training iteration."""
-    from lopt_trace.analysis.plotting import holoviews
+    """The meta-objective per checkpoint, each mechanism's progress from the first checkpoint to
+    the last, and each metric in its own units: drawn as the dashboard's Emergence tab and the
+    report's Fig. 8 draw them."""
+    from lopt_trace.analysis.plotting import holoviews  # drawing only: computing loads no HoloViews or dashboard
+    from lopt_trace.dashboard.emergence import metric_plots, objective_plot, progress_plot
 
-    hv = holoviews()
-    it = ds[CHECKPOINT].values
-    panels = []
-    for name in ("meta_objective", "momentum_beta", "total_alpha", "clip_threshold", "schedule_peak_ratio",
-                 "adaptation_ratio_positive", "eta_spread_tensors"):
-        if name in strings(ds[METRIC].values):
-            v = metric(ds, name)
-            panels.append(hv.Curve((it, np.where(np.isfinite(v), v, np.nan)), "iteration", name).opts(
-                title=METRICS[name][0]))
-    return hv.Layout(panels).cols(3)
+    return holoviews().Layout([objective_plot(ds), progress_plot(ds), *metric_plots(ds)]).cols(2).opts(
+        shared_axes=False)
 
 
 def run(store, **params) -> xr.Dataset:

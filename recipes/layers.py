@@ -22,6 +22,7 @@ from lopt_trace.analysis import (
     select_optimizer,
     tensor_trajectories,
 )
+from lopt_trace.analysis.conventions import strings
 from lopt_trace.analysis.results import run_recipe
 
 NAME = "layers"
@@ -68,26 +69,48 @@ def summary(ds: xr.Dataset) -> str:
     return text + f" [{a['optimizer']}]"
 
 
+def layer_kind_histograms(ds: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(labels, counts (group, bin), edges)`` of the |g| histograms per (layer, kind) that have
+    gradients, labelled ``layer L kind``."""
+    counts = ds["layer_kind_hist"].transpose("layer", "kind", "bin").values.astype(np.float64)
+    labels, rows = [], []
+    for i, layer in enumerate(ds["layer"].values):
+        for j, kind in enumerate(strings(ds["kind"].values)):
+            if counts[i, j].sum() > 0:
+                labels.append(f"layer {int(layer)} {kind}")
+                rows.append(counts[i, j])
+    return labels, np.array(rows).reshape(len(rows), -1), np.asarray(ds["hist_edges"].values, np.float64)
+
+
 def plot(ds: xr.Dataset):
-    """Mean trajectories per tensor on PC 1/2, effective LR per tensor, |g| histograms."""
+    """Mean state trajectory per tensor on PC 1/2, effective LR per tensor over steps, and |g|
+    histograms per layer and kind (the report's Fig. 7)."""
+    # HoloViews (and the dashboard's drawing, for the histograms) only when drawing, not computing
     from lopt_trace.analysis.plotting import holoviews
+    from lopt_trace.dashboard.gradients import histogram_plot
+    from lopt_trace.dashboard.style import palette
 
     hv = holoviews()
-
-    trajs, etas, hists = [], [], []
-    edges = ds["hist_edges"].values
-    centers = np.sqrt(np.clip(edges[:-1], edges[edges > 0][0] / 10, None) * edges[1:])
-    for t in ds["tensor"].values:
-        p = ds["tensor_projection"].sel(tensor=t)
-        y = p.isel(component=1).values if p.sizes["component"] > 1 else np.zeros(p.sizes["step"])
-        trajs.append(hv.Curve((p.isel(component=0).values, y), "PC 1", "PC 2", label=str(t)))
+    tensors = strings(ds["tensor"].values)
+    trajs, etas = [], []
+    for t, colour in zip(tensors, palette(len(tensors))):
+        if "tensor_projection" in ds:
+            p = ds["tensor_projection"].sel(tensor=t)
+            y = p.isel(component=1).values if p.sizes["component"] > 1 else ds["step"].values
+            trajs.append(hv.Curve((p.isel(component=0).values, y), "PC 1",
+                                  "PC 2" if p.sizes["component"] > 1 else "step", label=t).opts(color=colour))
         etas.append(hv.Curve((ds["step"].values, ds["tensor_effective_learning_rate"].sel(tensor=t).values),
-                             "step", "effective learning rate", label=str(t)))
-        hists.append(hv.Curve((np.log10(centers), ds["tensor_density"].sel(tensor=t).values),
-                              "log10 |g|", "density", label=str(t)))
-    return (hv.Overlay(trajs).opts(title="mean state per tensor")
-            + hv.Overlay(etas).opts(title="effective learning rate per tensor")
-            + hv.Overlay(hists).opts(title="gradient magnitudes per tensor")).cols(3)
+                             "step", "effective learning rate", label=t).opts(color=colour))
+    plots = []
+    if trajs:
+        plots.append(hv.Overlay(trajs).opts(title="mean state per tensor", width=480, height=380,
+                                            show_grid=True, show_legend=False))
+    plots.append(hv.Overlay(etas).opts(title="effective learning rate per tensor", width=560, height=380,
+                                       show_grid=True, legend_position="right"))
+    labels, counts, edges = layer_kind_histograms(ds)
+    if labels:
+        plots.append(histogram_plot(labels, counts, edges, True, None, title="|g| by layer and kind"))
+    return hv.Layout(plots).cols(2).opts(shared_axes=False)
 
 
 def run(store, **params) -> xr.Dataset:

@@ -183,7 +183,7 @@ def summary(ds: xr.Dataset) -> str:
 
 def plot(ds: xr.Dataset):
     """Eigenvalues in the complex plane (unit circle), explained variance, variance across runs."""
-    from lopt_trace.analysis.plotting import holoviews
+    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
 
     hv = holoviews()
 

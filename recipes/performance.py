@@ -2,8 +2,8 @@
 
 For each optimizer group the recorded training loss ``loss (run, loss_step)`` is summarised as the
 mean ± standard error over runs at every step, and each run's meta-objective
-mean_{k=1..K} f_k / f_0 (as in :func:`lopt_trace.unroll.meta_objective`: lower is better, a
-diverged run counts as inf) is averaged over runs.
+mean_{k=1..K} f_k / f_0 (:func:`lopt_trace.analysis.meta_objective`, the formula meta-training
+scores: lower is better, a diverged run counts as inf) is averaged over runs.
 
     lopt-trace analyze performance STORE
 """
@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis import optimizer_names, run_group
+from lopt_trace.analysis import meta_objective, optimizer_names, run_group
 from lopt_trace.analysis.conventions import attrs
 from lopt_trace.analysis.results import run_recipe
 
@@ -31,10 +31,6 @@ def _sem(x: np.ndarray, axis: int) -> np.ndarray:
 
 def compute(tree: xr.DataTree, optimizers: list[str] | None = None) -> xr.Dataset:
     """Loss mean ± sem per optimizer and step; meta-objective per run and its mean ± sem."""
-    import jax.numpy as jnp
-
-    from lopt_trace.unroll import meta_objective
-
     names = list(optimizers) if optimizers else optimizer_names(tree)
     parts = []
     for name in names:
@@ -44,7 +40,7 @@ def compute(tree: xr.DataTree, optimizers: list[str] | None = None) -> xr.Datase
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a step where every run diverged
             mean = np.nanmean(finite, axis=0)
-        meta = np.asarray(meta_objective(jnp.asarray(values)), dtype=np.float64)
+        meta = meta_objective(values)
         finite_meta = meta[np.isfinite(meta)]
         parts.append(xr.Dataset(
             {
@@ -78,19 +74,13 @@ def summary(ds: xr.Dataset) -> str:
 
 
 def plot(ds: xr.Dataset):
-    """Loss curves, mean ± sem over runs, one colour per optimizer (log loss axis)."""
-    from lopt_trace.analysis.plotting import holoviews
+    """Loss curves, mean ± sem over runs, one colour per optimizer (log loss axis), and the
+    meta-objective per optimizer: drawn as the dashboard's overview and the report's Fig. 1 draw
+    them."""
+    from lopt_trace.analysis.plotting import holoviews  # drawing only: computing loads no HoloViews or dashboard
+    from lopt_trace.dashboard.overview import loss_plot, meta_objective_plot
 
-    hv = holoviews()
-
-    layers = []
-    for name in ds["optimizer"].values:
-        d = ds.sel(optimizer=name)
-        step = d["loss_step"].values
-        mean, sem = d["loss_mean"].values, np.nan_to_num(d["loss_sem"].values)
-        layers.append(hv.Spread((step, mean, sem), "step", ["loss", "sem"], label=str(name)).opts(alpha=0.3))
-        layers.append(hv.Curve((step, mean), "step", "loss", label=str(name)))
-    return hv.Overlay(layers).opts(title="training loss (mean ± sem over runs)", logy=True)
+    return holoviews().Layout([loss_plot(ds, logy=True), meta_objective_plot(ds)]).cols(2).opts(shared_axes=False)
 
 
 def run(store, **params) -> xr.Dataset:

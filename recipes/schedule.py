@@ -84,19 +84,22 @@ def summary(ds: xr.Dataset) -> str:
 
 
 def plot(ds: xr.Dataset):
-    """Effective learning rate along the autonomous trajectory (and at the recorded mean state)."""
-    from lopt_trace.analysis.plotting import holoviews
+    """Effective learning rate along the autonomous trajectory (and at the recorded mean state);
+    the share of the autonomous motion along the readout (the report's Fig. 5)."""
+    from lopt_trace.analysis.plotting import holoviews  # HoloViews only when drawing, not computing
 
     hv = holoviews()
-
     curves = [hv.Curve((ds["auto_step"].values, ds["auto_effective_learning_rate"].values), "step",
-                       "effective learning rate", label="autonomous (g = 0)")]
+                       "effective learning rate", label="autonomous (g = 0)").opts(color="green", line_width=2)]
     if "recorded_effective_learning_rate" in ds:
         curves.append(hv.Curve((ds["step"].values + 1, ds["recorded_effective_learning_rate"].values),
-                               "step", "effective learning rate", label="recorded mean state"))
+                               "step", "effective learning rate", label="recorded mean state").opts(color="#1f77b4"))
+    schedule = hv.Overlay(curves).opts(title="learning-rate schedule", width=520, height=360, show_grid=True,
+                                       legend_position="right")  # inside, it covered the curves
     frac = hv.Curve((ds["auto_step"].values, ds["auto_readout_fraction"].values), "step",
-                    "share of motion along readout").opts(title="autonomous motion along the readout")
-    return (hv.Overlay(curves).opts(title="learning-rate schedule") + frac).cols(2)
+                    "share along the readout").opts(title="autonomous motion along the readout", width=420,
+                                                    height=360, show_grid=True)
+    return (schedule + frac).cols(2).opts(shared_axes=False)
 
 
 def run(store, **params) -> xr.Dataset:

@@ -271,6 +271,36 @@ def test_report_has_every_figure_inlined(full, tmp_path):
         assert f.caption and f.numbers
 
 
+def test_report_figures_are_the_recipes_own_plots_lettered(full):
+    """Figs. 5–9 are each recipe's plot(result), its panels lettered as the caption names them."""
+    from lopt_trace import recipes_loader
+    from lopt_trace.report import figure_5, figure_6, figure_7, figure_8, figure_9
+
+    def title(el):
+        return hv().Store.lookup_options("bokeh", el, "plot").kwargs.get("title")
+
+    for make, recipe in ((figure_5, "schedule"), (figure_6, "adaptation"), (figure_7, "layers"),
+                         (figure_8, "emergence"), (figure_9, "distill")):
+        fig = make(full)
+        own = recipes_loader.load(recipe).plot(full.analysis(recipe))
+        assert fig.ok and len(fig.plot) == len(own) >= 2, recipe
+        for i, (mine, theirs) in enumerate(zip(fig.plot.values(), own.values())):
+            assert title(mine) == f"({'abcdefghij'[i]}) {title(theirs)}", recipe
+            for kind in ("Curve", "Bars", "Points"):
+                pairs = list(zip(elements(mine, kind), elements(theirs, kind), strict=True))
+                for a, b in pairs:
+                    np.testing.assert_array_equal(a.dimension_values(1), b.dimension_values(1))
+    # and the recipe's plot draws the result: Fig. 5a's autonomous curve is the schedule's η
+    sch = full.analysis("schedule")
+    auto = elements(next(iter(figure_5(full).plot.values())), "Curve")[0]
+    np.testing.assert_allclose(auto.dimension_values(1), sch["auto_effective_learning_rate"].values)
+    # Fig. 7's key numbers come from the layers result's histograms
+    lay = full.analysis("layers")
+    labels = recipes_loader.load("layers").layer_kind_histograms(lay)[0]
+    assert [k for k, _ in figure_7(full).numbers if k.startswith("geometric mean")] == [
+        f"geometric mean |g|, {lab}" for lab in labels]
+
+
 def test_report_of_a_baselines_store_says_what_to_run(base, tmp_path):
     from lopt_trace.report import write_report
 

@@ -186,7 +186,10 @@ def test_dashboard_tab_and_report_figure(gru_store, gru_result):
     view = StoreView(gru_store)
     ds = view.analysis("distill")
     bars = tab.fraction_plot(ds)
-    assert isinstance(bars, hv.Overlay)
+    (drawn,) = [e for e in bars.values() if isinstance(e, hv.Bars)]
+    keep = [i for i, v in enumerate(ds["variant"].values) if str(v) not in ("learned", "tuned_momentum")]
+    assert list(drawn.dimension_values(0)) == [str(v) for v in ds["variant"].values[keep]]
+    np.testing.assert_allclose(drawn.dimension_values(1), np.clip(100 * ds["recovered"].values[keep], -250, 250))
     assert len(tab.loss_plot(ds)) >= 3 and len(tab.parts_plots(ds)) == 3
     assert "recovers" in tab.key_numbers(ds)
     fig = figure_9(view)

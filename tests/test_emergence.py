@@ -130,9 +130,14 @@ def test_meta_objective_attrs_summary_and_plot(result, store):
     line = mod.summary(back)
     assert line.startswith("emergence: 3 checkpoints of learned (iterations 10–30)")
     assert "momentum |λ| 0.3 → 0.9 (half-way by iteration 20)" in line and "\n" not in line
-    import holoviews as hv
-
-    assert isinstance(mod.plot(back), hv.core.Dimensioned)
+    # the plot draws the result: the meta-objective at each checkpoint, one panel per mechanism
+    plot = mod.plot(back)
+    objective = [c for c in plot.values()[0].values() if type(c).__name__ == "Curve"
+                 and c.label.startswith("checkpoints")]
+    assert len(objective) == 1
+    np.testing.assert_array_equal(objective[0].dimension_values(0), back["checkpoint"].values)
+    np.testing.assert_allclose(objective[0].dimension_values(1), _metric(back, "meta_objective"))
+    assert len(plot) >= 4
 
 
 def test_replay_reproduces_the_recorded_states(store):

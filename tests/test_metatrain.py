@@ -42,6 +42,12 @@ def test_meta_gradient_matches_finite_differences():
 def test_meta_objective_definition():
     curve = jnp.array([[2.0, 1.0, 0.5, 0.5], [1.0, jnp.nan, 1.0, 1.0]])
     np.testing.assert_allclose(meta_objective(curve), [(1.0 + 0.5 + 0.5) / 3 / 2.0, np.inf])
+    # the NumPy form the recipes and distillation score recorded curves with is the same formula
+    from lopt_trace.analysis import meta_objective as recorded
+
+    np.testing.assert_array_equal(recorded(np.asarray(curve)), [(1.0 + 0.5 + 0.5) / 3 / 2.0, np.inf])
+    curves = np.random.default_rng(0).uniform(0.1, 2.0, (3, 5, 11)).astype(np.float32)
+    np.testing.assert_allclose(recorded(curves), meta_objective(jnp.asarray(curves)), rtol=1e-6)
 
 
 def test_a_few_iterations_lower_the_meta_loss(tmp_path):

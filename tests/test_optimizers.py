@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 import optax
 import pytest
 
@@ -210,3 +211,29 @@ def test_optimizer_file_roundtrip(tmp_path):
         save_optimizer(path, opt, theta)
     with pytest.raises(UserError, match="no optimizer file"):
         load_optimizer(tmp_path / "absent.zarr")
+
+
+def test_bundled_optimizer_files_open_through_the_store_module(tmp_path):
+    """The files under data/optimizers (written before the format moved to lopt_trace.store) open
+    with open_optimizer_file; a checkpoint and an optimizer file are each refused as the other."""
+    from pathlib import Path
+
+    from lopt_trace.store.optimizer_file import (FORMAT, FORMAT_VERSION, open_checkpoint_file,
+                                                 open_optimizer_file, write_checkpoint_file)
+
+    files = sorted((Path(__file__).resolve().parents[1] / "data" / "optimizers").glob("*.zarr"))
+    assert len(files) >= 4
+    for path in files:
+        tree = open_optimizer_file(path)
+        assert tree.attrs["format"] == FORMAT and tree.attrs["format_version"] == FORMAT_VERSION
+        loaded = load_optimizer(path)
+        assert set(loaded.theta) == set(tree["theta"].to_dataset().data_vars)
+        assert loaded.optimizer.config() == tree.attrs["optimizer"]
+    with pytest.raises(UserError, match="not a lopt-trace meta-training checkpoint"):
+        open_checkpoint_file(files[0])
+    ckpt = tmp_path / "run.zarr.checkpoint"
+    write_checkpoint_file(ckpt, [np.arange(3.0), np.float32(2.0)], 4, xr.Dataset(), {"seed": 0})
+    tree = open_checkpoint_file(ckpt)
+    assert tree.attrs["next_iteration"] == 4 and tree["state"]["leaf0000"].values.tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(UserError, match="not a lopt-trace optimizer file"):
+        open_optimizer_file(ckpt)

@@ -70,17 +70,92 @@ def test_analyze_all_prints_summaries_and_writes_results(analysed, capsys):
         assert res.attrs["created"].endswith("Z") and isinstance(res.attrs["parameters"], dict)
         for var in res.to_dataset(inherit=False).data_vars.values():
             assert "long_name" in var.attrs and "units" in var.attrs
-        # every recipe's plot works on the result as read back from the store
-        import holoviews as hv
-
+        # every recipe's plot draws the result as read back from the store
         mod = recipes_loader.load(name)
-        assert isinstance(mod.plot(read_result(analysed, name)), hv.core.Dimensioned)
+        check_plot(name, mod.plot(read_result(analysed, name)), read_result(analysed, name))
         assert mod.summary(read_result(analysed, name)).startswith(f"{name}:")
     # the learned optimizer of this store is the hand-built momentum GRU: analysed to β and α
     mom = read_result(analysed, "momentum")
     line = summaries[1]
     assert f"|λ| = {GT['gru']['beta']:.2f}" in line and f"α = {GT['gru']['learning_rate']:.3g}" in line
     assert mom.attrs["slowest_beta"] == pytest.approx(GT["gru"]["beta"], rel=1e-6)
+
+
+def elements(obj, kind: str) -> list:
+    """The HoloViews elements of type ``kind`` (a name) in a Layout or Overlay, in order."""
+    if type(obj).__name__ == kind:
+        return [obj]
+    if type(obj).__name__ in ("Layout", "Overlay", "NdOverlay"):
+        return [e for v in obj.values() for e in elements(v, kind)]
+    return []
+
+
+def ys(element) -> np.ndarray:
+    return np.asarray(element.dimension_values(1), dtype=np.float64)
+
+
+def check_plot(name: str, plot, ds: xr.Dataset) -> None:
+    """``plot`` (recipe ``name``'s ``plot(ds)``) draws ``ds``'s numbers: each curve, bar and point
+    is the result's values."""
+    curves = elements(plot, "Curve")
+    if name == "performance":
+        for name_, curve in zip(ds["optimizer"].values, curves):
+            mean = ds["loss_mean"].sel(optimizer=name_).values
+            np.testing.assert_allclose(ys(curve), mean[np.isfinite(mean) & (mean > 0)])
+        (bars,) = elements(plot, "Bars")
+        np.testing.assert_allclose(ys(bars), ds["meta_objective_mean"].values)
+    elif name == "momentum":
+        (pts,) = elements(plot, "Scatter")
+        np.testing.assert_allclose(pts.dimension_values(0), ds["eigenvalue_real"].values.ravel())
+        np.testing.assert_allclose(ys(pts), ds["eigenvalue_imag"].values.ravel())
+        np.testing.assert_allclose(ys(curves[1]), ds["explained_variance_ratio"].values)
+        np.testing.assert_allclose(ys(curves[2]), ds["total_variance"].values)
+    elif name == "clipping":
+        states = [str(s) for s in ds["state"].values]
+        for s, curve in zip(states, curves):
+            np.testing.assert_allclose(ys(curve), ds["update_function"].sel(state=s).values)
+        (hist,) = elements(plot, "Histogram")
+        np.testing.assert_allclose(ys(hist), ds["gradient_hist"].values)
+    elif name == "schedule":
+        np.testing.assert_allclose(ys(curves[0]), ds["auto_effective_learning_rate"].values)
+        np.testing.assert_allclose(ys(curves[-1]), ds["auto_readout_fraction"].values)
+    elif name == "adaptation":
+        eta = [c for c in curves if c.vdims[0].name == "effective learning rate"]
+        assert len(eta) == ds.sizes["arm"]
+        for arm, curve in zip(ds["arm"].values, eta):
+            np.testing.assert_allclose(curve.dimension_values(0), ds["g_abs"].values)
+            np.testing.assert_allclose(ys(curve), ds["effective_learning_rate"].sel(arm=arm).values)
+        (pts, *_) = elements(plot, "Points")
+        np.testing.assert_allclose(pts.dimension_values(2), ds["g_star"].isel(arm=0).values)
+    elif name == "layers":
+        eta = [c for c in curves if c.vdims[0].name == "effective learning rate"]
+        assert [c.label for c in eta] == [str(t) for t in ds["tensor"].values]
+        for t, curve in zip(ds["tensor"].values, eta):
+            np.testing.assert_allclose(ys(curve), ds["tensor_effective_learning_rate"].sel(tensor=t).values)
+        hists = [c for c in curves if c.vdims[0].name == "fraction"]
+        counts = ds["layer_kind_hist"].transpose("layer", "kind", "bin").values.reshape(-1, ds.sizes["bin"])
+        counts = counts[counts.sum(1) > 0]
+        assert len(hists) == len(counts) > 0
+        for c, curve in zip(counts, hists):
+            np.testing.assert_allclose(ys(curve), c / c.sum())
+    elif name == "emergence":
+        it = ds["checkpoint"].values
+        assert any(np.array_equal(c.dimension_values(0), it) for c in curves)
+    elif name == "distill":
+        (bars, *_) = elements(plot, "Bars")
+        keep = [i for i, v in enumerate(ds["variant"].values) if str(v) not in ("learned", "tuned_momentum")]
+        value = 100 * ds["recovered"].values[keep]  # bars are clipped to ±250 % (labels give the value)
+        np.testing.assert_allclose(ys(bars), np.clip(np.nan_to_num(value, nan=0.0, posinf=250, neginf=-250), -250, 250))
+    else:
+        raise AssertionError(f"no check for recipe {name}")
+
+
+def test_every_recipe_plot_draws_its_result(full_store):
+    for name in recipes_loader.ORDER:
+        ds = read_result(full_store, name)
+        plot = recipes_loader.load(name).plot(ds)
+        assert type(plot).__name__ == "Layout" and elements(plot, "Curve") + elements(plot, "Bars"), name
+        check_plot(name, plot, ds)
 
 
 def test_running_again_replaces_the_group(analysed, capsys):
@@ -185,7 +260,11 @@ def test_write_result_to_a_memory_store():
     write_result(path, "demo", xr.Dataset({"b": ("y", [3.0])}), version=2, parameters={})
     res = read_result(path, "demo")
     assert list(res.data_vars) == ["b"] and res.attrs["recipe_version"] == "2"
-    assert isinstance(zarr.open_group(path, mode="r"), zarr.Group)
+    group = zarr.open_group(path, mode="r")  # the store holds exactly the last result, with provenance
+    assert list(group["analysis"].group_keys()) == ["demo"]
+    demo = group["analysis/demo"]
+    assert sorted(demo.array_keys()) == ["b"] and demo["b"][:].tolist() == [3.0]
+    assert demo.attrs["recipe"] == "demo" and demo.attrs["recipe_version"] == "2" and demo.attrs["parameters"] == {}
 
 
 def test_write_result_waits_for_no_recorder():

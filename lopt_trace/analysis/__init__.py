@@ -16,6 +16,7 @@ Modules:
   layers            per-tensor and per-kind state trajectories, gradient histograms
   sampling          small, bounded reads from a store group
   results           writing results to /analysis/<recipe> with provenance
+  objective         the meta-objective mean_k f_k / f_0 of recorded loss curves
   checkpoints       θ along the /meta_train history: stacked checkpoints, their meta-objective,
                     replayed gradients (the functions above that take ``theta_dim`` batch them)
 """
@@ -43,6 +44,7 @@ from lopt_trace.analysis.fixed_points import (
 from lopt_trace.analysis.layers import gradient_histograms, tensor_trajectories
 from lopt_trace.analysis.linearization import (held_modes, jacobians, linearization_error, linearize, modes,
                                                momentum_mode)
+from lopt_trace.analysis.objective import meta_objective
 from lopt_trace.analysis.pca import group_pca, moments, pca, pca_from_moments, project, total_variance
 from lopt_trace.analysis.rebuild import (
     baseline_hyperparameters,
@@ -67,7 +69,7 @@ __all__ = [
     "effective_learning_rate", "find_fixed_points", "fixed_points", "fraction_beyond",
     "fraction_beyond_hist", "gradient_histograms", "gradient_range", "group_pca", "halfway",
     "jacobians", "linearization_error", "linearize", "make_solver", "merge_fixed_points",
-    "held_modes", "meta_train_history", "modes", "moments", "momentum_mode", "open_for_analysis",
+    "held_modes", "meta_objective", "meta_train_history", "modes", "moments", "momentum_mode", "open_for_analysis",
     "optimizer_names", "pca", "pca_from_moments", "project", "read_result", "rebuild", "replay",
     "run_group", "run_recipe", "s_curve", "sample_states", "saturation", "select_optimizer",
     "solve_one_fn", "stack_thetas", "tensor_trajectories", "total_variance", "update_function",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from lopt_trace.analysis._common import UNIT, attrs, float64, theta64
 from lopt_trace.analysis.fixed_point_solver import (CONVERGED, FIXED_POINT, G_STAR, free_mask,
@@ -18,10 +21,6 @@ def _clusters(points: np.ndarray, radius: float) -> np.ndarray:
     Hashing to the grid first makes tight clusters of many solutions cost O(n log n): only one
     representative per occupied cell enters the k-d tree's neighbour search.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
     n = len(points)
     if n == 0:
         return np.zeros(0, dtype=int)

@@ -12,12 +12,21 @@ entry positive. Samples with a non-finite entry (a diverged run) are skipped.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis._common import UNIT, attrs
+from lopt_trace.analysis.rebuild import run_group
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+    threadpool_limits = None
 
 COMPONENT = "component"
 
@@ -44,11 +53,7 @@ def one_blas_thread():
     the calling thread, not inside each task). ``dask.distributed``'s workers already start with
     one BLAS thread each.
     """
-    import contextlib
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+    if threadpool_limits is None:  # pragma: no cover - scikit-learn depends on threadpoolctl
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
@@ -199,20 +204,21 @@ def total_variance(states: xr.DataArray, across: str = "run", keep: str = "step"
 _CACHE: dict = {}
 
 
-def group_pca(tree: xr.DataTree, name: str, n_components: int | None = None):
+def group_pca(tree: xr.DataTree, name: str, n_components: int | None = None, complete_only: bool = True):
     """PCA and total variance across runs of the states of ``/runs/<name>``, in one pass.
+
+    The one PCA of a group's states, for the recipes (``momentum``, ``adaptation``, ``layers``,
+    ``clipping``) and for the dashboard's State space tab when ``/analysis/momentum`` lacks it.
+    ``complete_only`` leaves out runs an interrupted recording did not finish, as the recipes do
+    (:func:`lopt_trace.analysis.rebuild.run_group`); the dashboard shows every recorded run.
 
     The result is kept for as long as ``tree`` lives, so several recipes run on the same opened
     tree (``lopt-trace analyze all``) read the states once. Returns ``(pcs, total_variance)``.
     """
-    import weakref
-
-    from lopt_trace.analysis.rebuild import run_group
-
-    key = (id(tree), name)
+    key = (id(tree), name, bool(complete_only))
     hit = _CACHE.get(key)
     if hit is None or hit[0]() is not tree:
-        state = run_group(tree, name)["state"]
+        state = run_group(tree, name, complete_only=complete_only)["state"]
         with one_blas_thread():
             m, tv = dask.compute(moments(state), total_variance(state))
             pcs = pca_from_moments(m)

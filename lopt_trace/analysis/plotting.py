@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 def holoviews():
-    """The ``holoviews`` module, with its Bokeh plotting backend imported (no notebook needed)."""
+    """The ``holoviews`` module, with its Bokeh plotting backend imported (no notebook needed).
+
+    Imported on call, on purpose: HoloViews and Bokeh take seconds to load, and analyses that
+    only compute (``lopt-trace analyze``, the recipes' ``compute``) never draw."""
     import holoviews as hv
     import holoviews.plotting.bokeh
 

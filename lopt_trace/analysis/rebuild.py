@@ -14,24 +14,17 @@ import xarray as xr
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer, make_optimizer
 from lopt_trace.optimizers.sources import tuned_entry
+from lopt_trace.store import open_store
 from lopt_trace.theta import theta_from_dataset
 
 
 def open_for_analysis(store) -> xr.DataTree:
     """A store as a lazily loaded (Dask-backed) tree. ``store`` may already be a tree.
 
-    Uses :func:`lopt_trace.open_store` (which validates the schema) when it is available.
+    Uses :func:`lopt_trace.store.open_store`, which validates the schema and the manifest.
     """
     if isinstance(store, xr.DataTree):
         return store
-    try:
-        from lopt_trace.store import open_store
-    except ImportError:  # the recorder's store module is not there: plain, lazy xarray
-        from lopt_trace.zarr_io import exists, open_tree
-
-        if not exists(store):
-            raise UserError(f"no store at {store}; record one with `lopt-trace record --task TASK`")
-        return open_tree(store, chunks={})
     return open_store(store)
 
 

@@ -10,6 +10,7 @@ import os
 
 import xarray as xr
 
+from lopt_trace.analysis.rebuild import open_for_analysis
 from lopt_trace.errors import UserError
 from lopt_trace.store.manifest import StoreDamaged, is_decode_error, undecodable_message
 from lopt_trace.store.results import GROUP, jsonable, provenance, read_result, write_result
@@ -19,8 +20,6 @@ def run_recipe(store, recipe: str, version: str | int, compute, parameters: dict
                write: bool = True) -> xr.Dataset:
     """Open ``store``, ``compute(tree, **parameters)``, write the result to ``/analysis/<recipe>``
     (when ``store`` is a path or URL and ``write``) and return it."""
-    from lopt_trace.analysis.rebuild import open_for_analysis
-
     tree = open_for_analysis(store)  # refuses a store whose manifest shows lost or truncated files
     try:
         ds = compute(tree, **parameters)

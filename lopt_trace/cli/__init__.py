@@ -4,10 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import errno as errno_mod
 import importlib
+import shlex
 import sys
+from pathlib import Path
 
+from lopt_trace import compile_cache
+from lopt_trace._version import __version__
+from lopt_trace.defaults import TASK_NAMES
 from lopt_trace.errors import UserError
+
+# The subcommands' modules import JAX, xarray, zarr and the modules that load them inside their
+# functions, never at the top: ``--help`` and argument errors must answer without loading them
+# (tests/test_cli_startup.py). Only the standard library and light lopt_trace modules (errors,
+# defaults, compile_cache) are imported at module level.
 
 #: subcommand name -> module under lopt_trace.cli
 COMMANDS = {
@@ -30,8 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lopt_trace._version import __version__
-
     parser = _Parser(prog="lopt-trace", description="Meta-train learned optimizers, record their "
                      "dynamics into labeled Zarr stores, and take them apart.")
     parser.add_argument("--version", action="version", version=f"lopt-trace {__version__}")
@@ -47,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from lopt_trace import compile_cache
-
     compile_cache.enable()  # a second run in a new process does not compile again
     try:
         return int(args._run(args) or 0)
@@ -94,8 +101,6 @@ _ERRNO_HINTS = {
 
 def os_error_message(exc: OSError, paths=()) -> str:
     """One line for a filesystem error: the path and the cause (and what to do)."""
-    import errno as errno_mod
-
     name = errno_mod.errorcode.get(exc.errno or -1, "")
     where = exc.filename or (paths[0] if paths else None)
     cause = _ERRNO_HINTS.get(name) or exc.strerror or str(exc) or type(exc).__name__
@@ -113,7 +118,7 @@ def _environment_message(exc: Exception, args) -> str | None:
         return f"{paths[0] + ': ' if paths else ''}unknown URL protocol ({exc})"
     store = getattr(args, "store", None)
     if store is not None:
-        from lopt_trace.manifest import is_decode_error, undecodable_message
+        from lopt_trace.manifest import is_decode_error, undecodable_message  # loads zarr: only here
 
         if is_decode_error(exc):  # a damaged file, if one is found; else a bug: the traceback
             return undecodable_message(store, exc)
@@ -123,8 +128,6 @@ def _environment_message(exc: Exception, args) -> str | None:
 def print_resume_command(command: str) -> None:
     """After a --time-budget stop: the command line that continues it (this one, without
     --overwrite, with --resume), or a sentence when not run as ``lopt-trace COMMAND``."""
-    import shlex
-
     argv = sys.argv[1:]
     if argv[:1] == [command]:
         argv = [a for a in argv if a != "--overwrite"]
@@ -198,8 +201,6 @@ def output_path(text: str) -> str:
 def existing_file(text: str) -> str:
     """argparse type for an input file given explicitly: it must exist (a missing file is an error,
     not a silent fall-back to a default)."""
-    from pathlib import Path
-
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a file, got an empty string")
     if "://" not in text and not Path(text).is_file():
@@ -209,8 +210,6 @@ def existing_file(text: str) -> str:
 
 def task_name(text: str) -> str:
     """argparse type for a registered task name."""
-    from lopt_trace.defaults import TASK_NAMES
-
     if text not in TASK_NAMES:
         raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose one of: {', '.join(TASK_NAMES)}")
     return text

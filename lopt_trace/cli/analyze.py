@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import inspect
+import math
+import numbers
+import sys
+import time
+
+from lopt_trace import recipes_loader
+from lopt_trace.errors import UserError
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
 
 
 def _param(text: str):
@@ -18,14 +31,12 @@ def _param(text: str):
 
 
 def add_parser(sub, name):
-    from lopt_trace.recipes_loader import ON_DEMAND, ORDER
-
     p = sub.add_parser(
         name, help="analyse a store with a recipe (momentum, clipping, ...) or all of them",
         description="Run an analysis recipe on a recorded store, write its result into the store "
                     "under /analysis/<recipe> (replacing an earlier one) and print a one-line "
-                    f"summary. Recipes: {', '.join(ORDER)}, or 'all' (every recipe but "
-                    f"{', '.join(ON_DEMAND)}, which runs new problems: `lopt-trace distill`). See "
+                    f"summary. Recipes: {', '.join(recipes_loader.ORDER)}, or 'all' (every recipe but "
+                    f"{', '.join(recipes_loader.ON_DEMAND)}, which runs new problems: `lopt-trace distill`). See "
                     "docs/analysis.md.")
     p.add_argument("recipe", metavar="RECIPE", help="recipe name, or 'all'")
     p.add_argument("store", metavar="STORE", help="path or URL of a store from `lopt-trace record`")
@@ -43,16 +54,12 @@ def add_parser(sub, name):
 
 
 def _accepted(module) -> set[str]:
-    import inspect
-
     sig = inspect.signature(module.compute)
     return {n for n, prm in list(sig.parameters.items())[1:]
             if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)}
 
 
 def _defaults(module) -> dict:
-    import inspect
-
     return {n: prm.default for n, prm in list(inspect.signature(module.compute).parameters.items())[1:]
             if prm.default is not inspect.Parameter.empty}
 
@@ -64,9 +71,6 @@ def check_param(key: str, value, default) -> str | None:
     least 1 for ``n_*`` options and at least 0 otherwise; a finite number for a float option, not
     negative where the default is not. Options without a default value are not checked here.
     """
-    import math
-    import numbers
-
     if default is None:
         return None
     if isinstance(default, bool):
@@ -84,8 +88,6 @@ def check_param(key: str, value, default) -> str | None:
 
 
 def _client(address: str):
-    from lopt_trace.errors import UserError
-
     try:
         from dask.distributed import Client
     except ImportError:
@@ -97,21 +99,14 @@ def _client(address: str):
 
 
 def _peak_rss_mb() -> float:
-    import resource
-    import sys
+    import resource  # Unix only
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def run(args) -> int:
-    import contextlib
-    import sys
-    import time
-
-    from lopt_trace import recipes_loader
     from lopt_trace.analysis import open_for_analysis
-    from lopt_trace.errors import UserError
 
     names = recipes_loader.for_all() if args.recipe == "all" else [args.recipe]
     modules = [recipes_loader.load(n) for n in names]

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lopt_trace.cli import existing_file, nonnegative_int, output_path, positive_int, task_name
+from lopt_trace.defaults import ALL_OPTIMIZERS
+from lopt_trace.errors import UserError
+from lopt_trace.provenance import command_line, utc_now, versions
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
 
 
 def optimizer_name(text: str) -> str:
-    from lopt_trace.defaults import ALL_OPTIMIZERS
-
     if text != "all" and text not in ALL_OPTIMIZERS and not text.startswith("optax:"):
         raise argparse.ArgumentTypeError(
             f"unknown optimizer {text!r}; choose from: {', '.join(ALL_OPTIMIZERS)}, all, optax:NAME")
@@ -55,8 +61,6 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import xarray as xr
 
     from lopt_trace.compare import (
@@ -73,8 +77,6 @@ def run(args) -> int:
         tuning_status,
     )
     from lopt_trace.tune import tuning_curve
-    from lopt_trace.errors import UserError
-    from lopt_trace.provenance import command_line, utc_now, versions
     from lopt_trace.tasks import get_task
     from lopt_trace.zarr_io import check_writable, write_tree
 

@@ -6,6 +6,10 @@ import numpy as np
 
 from lopt_trace.cli import nonnegative_int, output_path, positive_int
 
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
+
 
 def add_parser(sub, name):
     p = sub.add_parser(

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import textwrap
 
 from lopt_trace.cli import nonnegative_int, output_path, positive_int, task_name
+from lopt_trace.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
+from lopt_trace.doc_numbers import record_cost_text
+from lopt_trace.provenance import command_line
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
 
 
 def params_arg(text: str):
@@ -28,15 +37,10 @@ def keep_bits_arg(text: str) -> int:
 
 
 def _wrap(text: str) -> str:
-    import textwrap
-
     return "\n\n".join(textwrap.fill(par, 90) for par in text.split("\n\n"))
 
 
 def add_parser(sub, name):
-    from lopt_trace.defaults import DEFAULT_OPTIMIZERS, DEFAULT_PARAMS, DEFAULT_RUNS
-    from lopt_trace.doc_numbers import record_cost_text
-
     p = sub.add_parser(
         name, help="record optimizer dynamics on held-out test problems into a Zarr store",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -82,7 +86,6 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from lopt_trace.provenance import command_line
     from lopt_trace.recorder import RecordConfig, record, resolve_optimizers
     from lopt_trace.tasks import get_task
 
@@ -96,8 +99,6 @@ def run(args) -> int:
         result = record(task, entries, cfg, out, overwrite=args.overwrite, resume=args.resume,
                         progress=True, command=command_line())
     except KeyboardInterrupt:
-        import sys
-
         sys.stderr.write(f"finished runs are kept in {out}; continue with the same command and --resume\n")
         raise
     print(result.summary())

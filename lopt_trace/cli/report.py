@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from lopt_trace.cli import output_path
+from lopt_trace.errors import UserError
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
 
 
 def add_parser(sub, name):
@@ -46,10 +52,6 @@ def run(args) -> int:
 
 def _check_replaceable(out, overwrite: bool) -> None:
     """--overwrite replaces only a report lopt-trace wrote (issue #14), never another file."""
-    from pathlib import Path
-
-    from lopt_trace.errors import UserError
-
     path = Path(out)
     if path.is_dir():
         raise UserError(f"{out} is a folder; --out must be an HTML file")

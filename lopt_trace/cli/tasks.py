@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
+
 
 def add_parser(sub, name):
     return sub.add_parser(name, help="list the tasks with their parameter counts and default steps",

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import re
+import time
 
 from lopt_trace.cli import (nonnegative_float, nonnegative_int, output_path, positive_float, positive_int,
                             print_resume_command, task_name, unit_interval)
 from lopt_trace.defaults import TASK_NAMES, default_estimator
+from lopt_trace.errors import UserError
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
+
 
 #: per-task defaults for the GRU's input and output scales (gradients and good step sizes differ)
 SCALES = {
@@ -99,10 +106,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    import time
-
     began = time.monotonic()
-    from lopt_trace.errors import UserError
     from lopt_trace.metatrain import MetaTrainConfig, train
     from lopt_trace.optimizers import LearnedGRU
     from lopt_trace.tasks import get_task
@@ -175,7 +179,6 @@ def _warm_start(args, task, out):
     """The warm-started GRU, θ and search; on --resume, the checkpoint's (no new search)."""
     import jax
 
-    from lopt_trace.errors import UserError
     from lopt_trace.metatrain import best_of_search, check_output, read_checkpoint_warm_start
     from lopt_trace.optimizers import make_optimizer
     from lopt_trace.warm_start import warm_start

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import time
 
+from lopt_trace import bundled
 from lopt_trace.cli import (nonnegative_int, output_path, positive_float, positive_int, print_resume_command,
                             task_name)
 from lopt_trace.cli.train import duration
+from lopt_trace.errors import UserError
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
+
 
 CHOICES = ("sgd", "momentum", "rmsprop", "adam", "all")
 
@@ -69,11 +77,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    import time
-
     began = time.monotonic()
-    from lopt_trace import bundled
-    from lopt_trace.errors import UserError
     from lopt_trace.tasks import get_task
     from lopt_trace.tune import (
         SEARCH_SPACES,

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from lopt_trace.errors import UserError
+
+# Everything that loads JAX, xarray, zarr, Dask or HoloViews (the lopt_trace modules behind this
+# command included) is imported inside the functions below, never here: `lopt-trace --help` and
+# argument errors must answer without loading them (tests/test_cli_startup.py).
+
 
 def add_parser(sub, name):
     p = sub.add_parser(
@@ -18,7 +24,6 @@ def add_parser(sub, name):
 
 def verify(path) -> tuple[bool, list[str]]:
     """``(intact, lines to print)`` for the store at ``path``."""
-    from lopt_trace.errors import UserError
     from lopt_trace.manifest import (StoreDamaged, bad_metadata, check, decode_all, describe,
                                      read_manifest)
     from lopt_trace.store import open_store

@@ -19,7 +19,7 @@ from lopt_trace.dashboard.data import StoreView
 
 def build_app(store, view=None):
     """The dashboard as a Panel object (see :func:`lopt_trace.dashboard.app.build_app`)."""
-    from lopt_trace.dashboard.app import build_app as _build
+    from lopt_trace.dashboard.app import build_app as _build  # on call: StoreView alone loads no Panel
 
     return _build(store, view)
 

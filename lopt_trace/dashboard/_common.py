@@ -7,13 +7,13 @@ from __future__ import annotations
 import threading
 import traceback
 
-
 from lopt_trace.dashboard.style import (HEIGHT, RASTERIZE_ABOVE, SMALL, WIDTH, finite_range, hv,  # noqa: F401
                                        palette, strings)
 
 
 def pn():
-    """``panel`` with its extension loaded once."""
+    """``panel`` with its extension loaded once. Imported on call: the report draws with the
+    tabs' plotting functions and needs no Panel, which is slow to load."""
     import panel
 
     if not getattr(pn, "_loaded", False):

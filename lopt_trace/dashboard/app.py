@@ -8,6 +8,7 @@ are rebuilt when they are next shown.
 from __future__ import annotations
 
 import time
+import traceback
 
 from lopt_trace.dashboard import (distill, emergence, gradients, linear_dynamics, overview, state_space,
                                   update_functions)
@@ -37,8 +38,6 @@ def slug(title: str) -> str:
 
 def _safe(builder, view, rebuild):
     """Build a tab; an unexpected error becomes a message in the tab, not a dead page."""
-    import traceback
-
     try:
         return builder(view, rebuild)
     except Exception as exc:  # noqa: BLE001 - shown to the user, printed for the log

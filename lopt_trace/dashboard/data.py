@@ -16,6 +16,7 @@ import xarray as xr
 from lopt_trace import recipes_loader
 from lopt_trace.analysis.rebuild import open_for_analysis, optimizer_names, rebuild, select_optimizer
 from lopt_trace.errors import UserError
+from lopt_trace.store import SCHEMA_VERSION, open_store
 from lopt_trace.store.sizes import human_bytes as store_human_bytes
 from lopt_trace.store.sizes import size_on_disk
 from lopt_trace.store.zarr_io import is_local
@@ -57,12 +58,6 @@ class StoreView:
         try:
             return open_for_analysis(self.path)
         except UserError as exc:
-            try:
-                from lopt_trace.store import open_store
-            except ImportError:
-                raise exc from None
-            from lopt_trace.store import SCHEMA_VERSION
-
             tree = open_store(self.path, validate=False)  # not a store at all: raises again
             if tree.attrs.get("schema_version") != SCHEMA_VERSION:  # not one this version reads:
                 raise exc from None                               # refused, as info and analyze do

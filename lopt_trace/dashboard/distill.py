@@ -13,6 +13,8 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.dashboard._common import HEIGHT, WIDTH, hv, notice, palette, pn, strings
+from lopt_trace.distill.result import distilled_from_result, percent, summary
+from lopt_trace.optimizers.distilled import soft_clip
 
 #: colours of the two references and the distilled optimizer (the ablations get a palette)
 COLOURS = {"learned": "#d62728", "tuned_momentum": "#1f77b4", "distilled": "#2ca02c"}
@@ -30,8 +32,6 @@ LIMIT = 250.0
 
 def _bars(names, value, low, high, xlabel, ylabel, colour):
     """Bars with error bars and value labels, clipped to ±LIMIT % (clipped bars are grey)."""
-    from lopt_trace.distill.result import percent
-
     h = hv()
     shown = np.clip(np.nan_to_num(value, nan=0.0, posinf=LIMIT, neginf=-LIMIT), -LIMIT, LIMIT)
     clipped = np.abs(np.nan_to_num(value, nan=0.0, posinf=np.inf, neginf=-np.inf)) > LIMIT
@@ -100,9 +100,6 @@ def loss_plot(ds: xr.Dataset, title: str = "training loss, mean over the held-ou
 
 def parts_plots(ds: xr.Dataset) -> list:
     """The distilled optimizer's schedule s(k), clip c(g) and adaptation a(g*)."""
-    from lopt_trace.distill.result import distilled_from_result
-    from lopt_trace.optimizers.distilled import soft_clip
-
     h = hv()
     _opt, th = distilled_from_result(ds)
     sched = np.asarray(th["schedule"], np.float64)
@@ -124,8 +121,6 @@ def parts_plots(ds: xr.Dataset) -> list:
 
 def key_numbers(ds: xr.Dataset) -> str:
     """Markdown: the recovered fraction, the references and the distilled optimizer's numbers."""
-    from lopt_trace.distill import summary
-
     a = ds.attrs
     d = dict(a.get("distilled") or {})
     text = f"{summary(ds)}\n\n"

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from lopt_trace.analysis.checkpoints import STRENGTH, metric
+from lopt_trace.analysis.checkpoints import STRENGTH, meta_train_history, metric
 from lopt_trace.analysis.checkpoints import progress as checkpoint_progress
 from lopt_trace.dashboard._common import HEIGHT, WIDTH, hv, missing, notice, palette, pn
+from lopt_trace.errors import UserError
 
 #: (label, metric) of the mechanisms on the progress plot, meta-objective first
 PROGRESS = (
@@ -129,9 +130,6 @@ def key_numbers(ds: xr.Dataset) -> str:
 
 def no_history(view) -> str | None:
     """Why the store cannot have an emergence analysis (no meta-training history), or None."""
-    from lopt_trace.analysis.checkpoints import meta_train_history
-    from lopt_trace.errors import UserError
-
     try:
         meta_train_history(view.tree)
     except UserError as exc:

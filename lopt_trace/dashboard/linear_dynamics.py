@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from lopt_trace.analysis.linearization import NONLINEAR_ERROR as NONLINEAR
+from lopt_trace.analysis.rebuild import baseline_hyperparameters
 from lopt_trace.dashboard._common import (HEIGHT, WIDTH, hv, missing, notice, optimizer_select, pn,
                                           widget)
 
@@ -27,8 +28,6 @@ def modes_table(mom: xr.Dataset, fixed_point: int = 0) -> dict[str, np.ndarray]:
 
 def tuned_momentum(view) -> dict | None:
     """The tuned (or recorded) heavy-ball momentum's learning rate and β for the store's task."""
-    from lopt_trace.analysis.rebuild import baseline_hyperparameters
-
     hp = baseline_hyperparameters(view.tree, "momentum")
     if hp and "beta" in hp and "learning_rate" in hp:
         return {"alpha": float(hp["learning_rate"]), "beta": float(hp["beta"])}

@@ -82,7 +82,7 @@ def drawn_plots(page, expected: int, root: str | None = None, timeout: float = 1
 def _shrink(path: Path) -> None:
     """Re-save a screenshot with a 256-colour palette (a few times smaller; plots lose nothing)."""
     try:
-        from PIL import Image
+        from PIL import Image  # optional: without Pillow screenshots stay as they are
     except ImportError:
         return
     with Image.open(path) as img:
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         sys.exit("needs Debian's chromium: apt-get install chromium")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # optional (the test extra)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

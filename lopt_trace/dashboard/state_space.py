@@ -1,8 +1,8 @@
 """State space tab: PCA trajectories of the optimizer state (paper Fig. 3a).
 
 The principal components come from ``/analysis/momentum`` when it was computed for the chosen
-optimizer, and are otherwise computed here in one streaming pass (:mod:`lopt_trace.analysis.pca`,
-memory O(units²)). Every recorded state (run, step, parameter) is projected and drawn, coloured by
+optimizer, and are otherwise computed here by the recipes' own PCA
+(:func:`lopt_trace.analysis.group_pca`: one streaming pass, memory O(units²)). Every recorded state (run, step, parameter) is projected and drawn, coloured by
 step, run, tensor or kind; clouds of more than ``RASTERIZE_ABOVE`` points are rasterized with
 datashader so that millions of points stay fluid. Fixed points are overlaid: g* = 0 from
 ``/analysis/momentum`` and the g* sweep (the S-curve) from ``/analysis/adaptation``. The total
@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from lopt_trace.analysis.pca import group_pca, project
+from lopt_trace.analysis.sampling import initial_state
 from lopt_trace.dashboard._common import (HEIGHT, RASTERIZE_ABOVE, SMALL, WIDTH, hv, missing,
                                           notice, optimizer_select, palette, pn, strings, widget)
 
@@ -28,22 +30,14 @@ MAX_PATHS = 400
 
 def pca_info(view, name: str) -> tuple[xr.Dataset, xr.DataArray, str]:
     """``(pcs, total_variance, source)`` for group ``name``: ``pcs`` has ``pca_mean``,
-    ``components``, ``explained_variance_ratio``."""
+    ``components``, ``explained_variance_ratio``. From ``/analysis/momentum`` when it has them,
+    else from :func:`lopt_trace.analysis.group_pca`, the recipes' own PCA, over every recorded run."""
     mom = view.analysis("momentum", name)
     keep = ["pca_mean", "components", "explained_variance_ratio"]
     if mom is not None and all(k in mom for k in keep) and "total_variance" in mom:
         return mom[keep], mom["total_variance"], "from /analysis/momentum"
-    key = ("pca", name)
-    if key not in view.cache:
-        import dask
-
-        from lopt_trace.analysis.pca import moments, one_blas_thread, pca_from_moments, total_variance
-
-        state = view.group(name)["state"]
-        with one_blas_thread():
-            m, tv = dask.compute(moments(state), total_variance(state))
-        view.cache[key] = (pca_from_moments(m)[keep], tv, "computed here (one streaming pass over `state`)")
-    return view.cache[key]
+    pcs, tv = group_pca(view.tree, name, complete_only=False)
+    return pcs[keep], tv, "computed here (one streaming pass over `state`)"
 
 
 def _thin(ds: xr.Dataset, max_points: int) -> xr.Dataset:
@@ -58,8 +52,6 @@ def trajectory_points(view, name: str, pcs: xr.Dataset, max_points: int = MAX_PO
                       n_components: int = 3) -> pd.DataFrame:
     """One row per recorded state: ``PC 1``.. (as many as there are), ``step``, ``run``, ``tensor``,
     ``kind``, ``trajectory`` (an id per (run, param))."""
-    from lopt_trace.analysis.pca import project
-
     ds = _thin(view.group(name), max_points)
     k = min(n_components, pcs.sizes["component"])
     proj = project(ds["state"], pcs, k).transpose("run", "step", "param", "component")
@@ -80,16 +72,11 @@ def trajectory_points(view, name: str, pcs: xr.Dataset, max_points: int = MAX_PO
 
 
 def initial_projection(view, name: str, pcs: xr.Dataset, k: int) -> np.ndarray:
-    from lopt_trace.analysis.pca import project
-    from lopt_trace.analysis.sampling import initial_state
-
     return np.asarray(project(initial_state(view.group(name)), pcs, k).values)
 
 
 def fixed_point_projections(view, name: str, pcs: xr.Dataset, k: int) -> dict:
     """``{"g0": (n, k) array or None, "sweep": {arm: (g*, (m, k) array)} or None}``."""
-    from lopt_trace.analysis.pca import project
-
     out = {"g0": None, "sweep": None}
     mom = view.analysis("momentum", name)
     if mom is not None and "fixed_point_state" in mom:
@@ -162,7 +149,7 @@ def _pc(label: str) -> int:
 
 def _raster(pts, color_by: str, categorical: bool):
     """Rasterize (datashader) a large cloud: mean step, or counts by category."""
-    try:
+    try:  # only for large clouds: datashader (numba) is slow to import, and may be missing
         import datashader as ds
         from holoviews.operation.datashader import datashade, dynspread, rasterize
     except ImportError:  # datashader missing: draw an even subsample

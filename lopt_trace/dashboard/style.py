@@ -4,6 +4,9 @@ sizes, colours and axis ranges."""
 from __future__ import annotations
 
 import numpy as np
+from bokeh.palettes import Category10_10, Category20_20
+
+from lopt_trace.analysis.plotting import holoviews
 
 #: plot sizes (pixels)
 WIDTH, HEIGHT = 520, 360
@@ -14,15 +17,11 @@ RASTERIZE_ABOVE = 50_000
 
 def hv():
     """``holoviews`` with the Bokeh backend loaded."""
-    from lopt_trace.analysis.plotting import holoviews
-
     return holoviews()
 
 
 def palette(n: int) -> list[str]:
     """``n`` distinct colours (category10, then category20)."""
-    from bokeh.palettes import Category10_10, Category20_20
-
     base = list(Category10_10) if n <= 10 else list(Category20_20)
     return [base[i % len(base)] for i in range(n)]
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from lopt_trace.analysis.rebuild import baseline_hyperparameters
+from lopt_trace.analysis.sampling import analysis_start, gradient_quantile
+from lopt_trace.analysis.update_functions import effective_learning_rate, update_function
 from lopt_trace.dashboard._common import (HEIGHT, WIDTH, hv, notice, optimizer_select, pn, strings,
                                           widget)
 
@@ -19,8 +22,6 @@ from lopt_trace.dashboard._common import (HEIGHT, WIDTH, hv, notice, optimizer_s
 def sgd_learning_rate(view) -> tuple[float | None, str]:
     """SGD's learning rate for this task: the store's ``/runs/sgd`` θ, else the bundled tuned
     value, else None."""
-    from lopt_trace.analysis.rebuild import baseline_hyperparameters
-
     hp = baseline_hyperparameters(view.tree, "sgd")
     if hp and "learning_rate" in hp:
         src = "recorded sgd" if "sgd" in view.optimizers else "bundled tuned sgd"
@@ -34,8 +35,6 @@ def gradient_extent(view, name: str) -> float:
     clip = view.analysis("clipping", name)
     if clip is not None and np.isfinite(clip.attrs.get("g_max", np.nan)):
         return float(clip.attrs["g_max"])
-    from lopt_trace.analysis.sampling import gradient_quantile
-
     try:
         q = gradient_quantile(view.group(name), 0.999)
     except Exception:  # no histogram and no gradients
@@ -59,9 +58,6 @@ def trajectory(view, name: str, run, param: int) -> xr.DataArray:
 
 def update_curves(view, name: str, state: xr.DataArray, g_max: float, num: int = 201):
     """``(g, Δx at the state, Δx at h0)``."""
-    from lopt_trace.analysis import update_function
-    from lopt_trace.analysis.sampling import analysis_start
-
     opt, theta = view.rebuild(name)
     g = np.linspace(-g_max, g_max, num)
     both = xr.concat([state.drop_vars([c for c in state.coords if c != "unit"]),
@@ -71,8 +67,6 @@ def update_curves(view, name: str, state: xr.DataArray, g_max: float, num: int =
 
 
 def eta_along(view, name: str, states: xr.DataArray) -> np.ndarray:
-    from lopt_trace.analysis import effective_learning_rate
-
     opt, theta = view.rebuild(name)
     return np.asarray(effective_learning_rate(opt, theta, states).values)
 

@@ -20,6 +20,7 @@ import os
 
 import xarray as xr
 
+from lopt_trace.analysis.results import run_recipe
 from lopt_trace.distill.build import REQUIRED, Distillation, build
 from lopt_trace.distill.result import DEFAULT_SEED_BASE, compute, distilled_from_result, summary
 
@@ -32,8 +33,6 @@ def distill(store, optimizer: str | None = None, problems: int = 64,
             write: bool = True, progress: bool = False) -> xr.Dataset:
     """Distil ``optimizer`` of ``store`` (a path, URL or opened tree), write ``/analysis/distill``
     (when ``store`` is a path and ``write``) and return the result."""
-    from lopt_trace.analysis.results import run_recipe
-
     label = "STORE" if isinstance(store, xr.DataTree) else os.fspath(store)
     params = {"optimizer": optimizer, "problems": problems, "seed_base": seed_base,
               "bootstrap": bootstrap, "seed": seed}

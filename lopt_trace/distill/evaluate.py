@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt_trace import seeds as seedlib
+from lopt_trace.analysis.objective import meta_objective  # noqa: F401 - the formula, used by distill.result
 from lopt_trace.optimizers.base import ComponentwiseOptimizer
 from lopt_trace.optimizers.distilled import Distilled, neutral
 from lopt_trace.tasks.base import Task
@@ -92,13 +93,6 @@ def loss_curves(task: Task, opt: ComponentwiseOptimizer, thetas: dict, seeds, st
         if bar is not None:
             bar.update(nv * (min(hi, n) - lo))
     return out[:, :n]
-
-
-def meta_objective(curves: np.ndarray) -> np.ndarray:
-    """mean_k f_k / f_0 (k = 1..K) of curves (..., K + 1); non-finite: inf."""
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        value = curves[..., 1:].mean(axis=-1) / curves[..., 0]
-    return np.where(np.isfinite(value), value, np.inf)
 
 
 def curve_gap(curves: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lopt_trace import seeds as seedlib
 from lopt_trace.analysis.conventions import attrs
-from lopt_trace.analysis.rebuild import rebuild, run_group, select_optimizer
+from lopt_trace.analysis.rebuild import baseline_hyperparameters, rebuild, run_group, select_optimizer
 from lopt_trace.distill.build import build
 from lopt_trace.distill.evaluate import (DISTILLED, LEARNED, MOMENTUM, Variant, curve_gap, loss_curves,
                                          meta_objective, paired_difference, recovered, spread,
@@ -29,6 +29,7 @@ from lopt_trace.distill.evaluate import (DISTILLED, LEARNED, MOMENTUM, Variant, 
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import Momentum, make_optimizer
 from lopt_trace.optimizers.distilled import CLIP_AT
+from lopt_trace.tasks import task_from_config
 from lopt_trace.theta import theta_from_dataset, theta_to_dataset
 
 #: held-out problems start at seed 1e9 + this, past the store's own runs (``record --seed 0``)
@@ -41,8 +42,6 @@ PREFIX = "theta_"
 def tuned_momentum(tree: xr.DataTree) -> tuple[Momentum, dict, str]:
     """Heavy-ball momentum with the store's tuned θ: its ``/runs/momentum`` group's when it was
     recorded, else the bundled tuned values for the task."""
-    from lopt_trace.analysis.rebuild import baseline_hyperparameters
-
     theta = baseline_hyperparameters(tree, "momentum")
     if not theta or not {"learning_rate", "beta"} <= set(theta):
         task = tree.attrs.get("task", "TASK")
@@ -68,8 +67,6 @@ def problem_seeds(tree: xr.DataTree, problems: int, seed_base: int) -> np.ndarra
 
 
 def _task(tree: xr.DataTree):
-    from lopt_trace.tasks import task_from_config
-
     config = tree.attrs.get("task_config")
     if not config:
         raise UserError("the store has no task_config attribute; is it a lopt-trace store?")

@@ -11,7 +11,7 @@ import numpy as np
 
 from lopt_trace.errors import UserError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: optax_wrap imports this module
     from lopt_trace.optimizers.optax_wrap import OptaxOptimizer
 
 #: the name of the last state component, the update Δx

@@ -8,6 +8,7 @@ import importlib
 import re
 from collections.abc import Callable
 
+import optax
 
 from lopt_trace.errors import UserError
 
@@ -83,8 +84,6 @@ def optax_label(spec: str) -> str:
 def resolve_factory(name: str) -> Callable:
     """The factory NAME refers to: an attribute of optax (``lion``, ``contrib.x``), else a dotted
     ``module.function`` path in an importable module."""
-    import optax
-
     obj = optax
     for part in name.split("."):
         obj = getattr(obj, part, None)
@@ -109,8 +108,6 @@ def resolve_factory(name: str) -> Callable:
 
 def _factory_name(factory: Callable) -> str | None:
     """NAME such that :func:`resolve_factory` gives ``factory`` back, or None."""
-    import optax
-
     short = getattr(factory, "__name__", None)
     if short and getattr(optax, short, None) is factory:
         return short

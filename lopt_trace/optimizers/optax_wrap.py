@@ -48,6 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers.base import ComponentwiseOptimizer
@@ -128,8 +129,6 @@ class OptaxOptimizer(ComponentwiseOptimizer):
 
     # -- construction --------------------------------------------------------------------------
     def _build(self, theta) -> Any:
-        import optax
-
         try:
             tx = self.factory(**self.static, **theta)
         except UserError:
@@ -257,7 +256,7 @@ def optax_search_space(opt: OptaxOptimizer) -> dict:
     log-uniform over [θ₀/1000, θ₀·1000]; ``eps*`` log-uniform over [min(θ₀, 1e-10), 1]; decays
     (``b1``, ``b2``, ``beta``, ``decay``, ``momentum``, ...) with 1 − value log-uniform over
     [min(1e-4, (1 − θ₀)/10), 1]. Entries that are 0, out of range or of another kind stay fixed."""
-    from lopt_trace.tune import LogUniform
+    from lopt_trace.tune import LogUniform  # here: lopt_trace.tune imports the optimizers (a cycle)
 
     space = {}
     for k, v in opt._theta0.items():

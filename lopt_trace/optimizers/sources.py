@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
@@ -83,8 +84,6 @@ def tuned_entry(task: str, optimizer: str, path: str | os.PathLike | None = None
 
 def tuned_theta(task: str, optimizer: str, path: str | os.PathLike | None = None) -> dict | None:
     """The tuned θ of ``optimizer`` for ``task`` (float32 JAX arrays), or None if absent."""
-    import jax.numpy as jnp
-
     entry = tuned_entry(task, optimizer, path)
     if entry is None:
         return None

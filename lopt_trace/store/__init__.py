@@ -13,6 +13,7 @@ Modules, one job each:
 - :mod:`~lopt_trace.store.writer`: creating a store, the region writer, the resume check
 - :mod:`~lopt_trace.store.results`: writing and reading ``/analysis/<recipe>``
 - :mod:`~lopt_trace.store.manifest`: the manifest and ``lopt-trace verify``
+- :mod:`~lopt_trace.store.optimizer_file`: the trained-optimizer file and the meta-training checkpoint
 - :mod:`~lopt_trace.store.zarr_io`: writing any xarray tree to Zarr, never clobbering data
 - :mod:`~lopt_trace.store.sizes`: bytes on disk
 """

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import socket
 import time
 from pathlib import Path
+
+import psutil
 
 from lopt_trace.errors import UserError
 from lopt_trace.store.zarr_io import is_local, url_to_fs
@@ -26,8 +30,6 @@ def lock_path(path) -> str:
 
 
 def _pid_alive(pid: int, created: float | None) -> bool:
-    import psutil
-
     try:
         proc = psutil.Process(int(pid))
         if created is not None and abs(proc.create_time() - float(created)) > 1.0:
@@ -55,8 +57,6 @@ class StoreLock:
         self.took_over: dict | None = None  # the stale holder, when one was replaced
 
     def _info(self) -> dict:
-        import psutil
-
         me = psutil.Process()
         return {"pid": os.getpid(), "host": socket.gethostname(), "process_created": me.create_time(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "store": self.path}
@@ -152,9 +152,6 @@ def locked_output(writer: str = "training run", param: str = "out"):
     second process writing the same output is refused with one line (and the first is unaffected).
     A lock left by a dead process is taken over with a note; no lock file at all (an output
     written before this lock existed) is fine."""
-    import functools
-    import inspect
-
     def wrap(fn):
         sig = inspect.signature(fn)
 

@@ -33,8 +33,10 @@ import re
 import zlib
 
 import numpy as np
+import zarr
 
 from lopt_trace.errors import UserError
+from lopt_trace.provenance import utc_now
 from lopt_trace.store.zarr_io import is_local, url_to_fs
 
 #: name of the manifest file at the root of a store
@@ -104,8 +106,6 @@ def read_manifest(path) -> dict | None:
 
 
 def _write(path, data: dict) -> None:
-    from lopt_trace.provenance import utc_now
-
     data = {**data, "updated": utc_now()}
     payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
     if is_local(path):
@@ -273,8 +273,6 @@ def decode_all(path, prefixes: tuple[str, ...] | None = None) -> list[tuple[str,
     For stores without a manifest this is all that can be checked: a missing chunk cannot be told
     from one that was never written, but a truncated or garbled one fails to decode.
     """
-    import zarr
-
     bad = []
     group = zarr.open_group(str(path), mode="r")
     for name, arr in group.members(max_depth=None):

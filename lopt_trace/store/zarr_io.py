@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -85,6 +86,7 @@ def exists(path: str | os.PathLike) -> bool:
 #: the root attributes by which lopt-trace recognises what it wrote: kind -> test of the attributes
 _KINDS = {
     "store": lambda a: "schema_version" in a and ("lopt_trace_version" in a or "record_settings" in a),
+    # optimizer_file.FORMAT (optimizer_file imports this module, so the literal is repeated here)
     "optimizer file": lambda a: a.get("format") == "lopt-trace-optimizer",
     "training checkpoint": lambda a: "next_iteration" in a and "settings" in a,
     "tune or compare result": lambda a: isinstance(a.get("versions"), dict) and "lopt_trace" in a["versions"],
@@ -94,8 +96,6 @@ _KINDS = {
 def made_by_lopt_trace(path: str | os.PathLike) -> str | None:
     """What lopt-trace wrote at ``path`` (``"store"``, ``"optimizer file"``, ...), from the root
     attributes of a Zarr tree there; None when it is anything else (or nothing)."""
-    import json
-
     path = str(path)
     try:
         if is_local(path):
@@ -112,8 +112,6 @@ def made_by_lopt_trace(path: str | os.PathLike) -> str | None:
 
 
 def _what_is_there(path: str) -> str:
-    import json
-
     if is_local(path):
         p = Path(path.removeprefix("file://"))
         if p.is_file():

@@ -28,7 +28,7 @@ def load_mnist(source: str = "bundled") -> tuple[np.ndarray, np.ndarray]:
     """
     if source == "tfds":
         try:
-            import tensorflow_datasets as tfds
+            import tensorflow_datasets as tfds  # optional (the tfds extra)
         except ImportError:
             raise UserError("--data tfds needs tensorflow-datasets: pip install 'lopt-trace[tfds]'") from None
         ds = tfds.as_numpy(tfds.load("mnist", split="train", batch_size=-1))

@@ -15,7 +15,7 @@ from lopt_trace.tasks.base import Params, Problem, Task, TensorInfo
 @functools.lru_cache(maxsize=4)
 def moons_data(n_samples: int = 1024, noise: float = 0.1, random_state: int = 0):
     """The fixed data set: inputs (n, 2) float32 and labels (n,) in {0, 1}."""
-    from sklearn.datasets import make_moons
+    from sklearn.datasets import make_moons  # here: scikit-learn is slow to import; tasks load without it
 
     x, y = make_moons(n_samples=n_samples, noise=noise, random_state=random_state)
     return x.astype(np.float32), y.astype(np.float32)

@@ -11,6 +11,7 @@ import xarray as xr
 
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import BASELINES
+from lopt_trace.optimizers.optax_wrap import optax_label
 from lopt_trace.optimizers.sources import read_tuned as load_tuned
 from lopt_trace.optimizers.sources import tuned_theta  # noqa: F401 - re-exported by lopt_trace.tune
 from lopt_trace.provenance import command_line, utc_now, versions
@@ -33,8 +34,6 @@ def _group(name: str) -> str:
     """The group of an optimizer under /tune: its name; ``optax_lion`` for an ``optax:`` spec (the
     spec itself is in the group's ``optimizer`` attribute)."""
     if name.startswith("optax:"):
-        from lopt_trace.optimizers.optax_wrap import optax_label
-
         return optax_label(name)
     return name
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from lopt_trace import seeds as seedlib
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer
+from lopt_trace.sharding import mesh_shardings
 from lopt_trace.tasks.base import Problem, Task
 from lopt_trace.tune.space import OBJECTIVES
 from lopt_trace.unroll import loss_curve, meta_objective
@@ -82,8 +83,6 @@ class ShardedEvaluator:
     """
 
     def __init__(self, batched: Callable, devices):
-        from lopt_trace.sharding import mesh_shardings
-
         self.devices = list(devices)
         self.shards = len(self.devices)
         self.replicated, self.candidate_sharding = mesh_shardings("candidates", self.devices)

@@ -11,6 +11,7 @@ import xarray as xr
 
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer, make_optimizer
+from lopt_trace.optimizers.optax_wrap import optax_search_space
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +73,6 @@ def search_space(optimizer: str) -> dict[str, LogUniform]:
     names, :func:`lopt_trace.optimizers.optax_wrap.optax_search_space`), or a :class:`UserError`
     naming the choices."""
     if optimizer.startswith("optax:"):
-        from lopt_trace.optimizers.optax_wrap import optax_search_space
-
         return optax_search_space(make_optimizer(optimizer))
     try:
         return SEARCH_SPACES[optimizer]

@@ -11,8 +11,10 @@ from collections.abc import Callable
 import xarray as xr
 
 from lopt_trace.errors import UserError
+from lopt_trace.metatrain_history import check_output, checkpoint_path
 from lopt_trace.provenance import utc_now, versions
 from lopt_trace.store import locked_output
+from lopt_trace.store.zarr_io import exists, open_tree, remove, write_tree
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune.bundle import _group, tune_tree
 from lopt_trace.tune.scoring import TUNE_SEED_BASE, SearchProgress
@@ -53,8 +55,6 @@ def _checkpoint_tree(settings: dict, results: dict, states: dict) -> xr.DataTree
 
 def _read_checkpoint(path, settings: dict) -> tuple[dict, dict]:
     """``(results, states)`` from a checkpoint made with ``settings`` (else a :class:`UserError`)."""
-    from lopt_trace.zarr_io import open_tree
-
     tree = open_tree(path)
     if tree.attrs.get("kind") != "lopt-trace tune checkpoint":
         raise UserError(f"{path} is not a tuning checkpoint; move it away or start again with --overwrite")
@@ -75,8 +75,6 @@ def _read_checkpoint(path, settings: dict) -> tuple[dict, dict]:
 
 def read_tune_store(path: str | os.PathLike) -> dict[str, xr.Dataset]:
     """The datasets of a tune store, ``{optimizer: Dataset}`` (loaded), in the order tuned."""
-    from lopt_trace.zarr_io import exists, open_tree
-
     if not exists(path):
         raise UserError(f"no tune store at {path}; make one with `lopt-trace tune`")
     tree = open_tree(path)
@@ -113,9 +111,6 @@ def tune_to_store(task: Task, optimizers: list[str], out: str | os.PathLike, *, 
     optimizers, in order), to simulate an interruption. At least one batch runs per call.
     ``spaces`` overrides the search space of some optimizers (``--lr-range``).
     """
-    from lopt_trace.metatrain import check_output, checkpoint_path
-    from lopt_trace.zarr_io import exists, remove, write_tree
-
     began = clock()
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
