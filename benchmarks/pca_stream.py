@@ -125,7 +125,33 @@ def child(path: Path, job: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def make_store(path: Path, source: str, size: float, units: int) -> dict:
+    """Write the store in a child process, so this one stays small: a child started with
+    ``subprocess`` (vfork, then exec) inherits the parent's peak RSS in its ``ru_maxrss`` on Linux,
+    and a parent that had recorded in-process (1.6 GB) reported that for every job."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, __file__, "--make-store", str(path), source, str(size), str(units)],
+                          env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"writing {path} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _make_store_child(path: str, source: str, size: str, units: str) -> None:
+    size_mb, units_n = float(size), int(units)
+    if source == "synthetic":
+        info = synthetic_store(Path(path), size_mb, units_n)
+    else:
+        steps = max(1, int(size_mb * 1e6 / (82_250 * units_n * 4)))
+        info = recorded_store(Path(path), steps, units_n)
+    print(json.dumps({"shape": list(info["shape"]), "bytes": info["bytes"]}))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--make-store"]:
+        _make_store_child(*argv[1:5])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", nargs="+", type=float, default=[64, 256],
                    help="MB of float32 state per store (default 64 256; the issue's: 1000 4000 16000)")
@@ -153,11 +179,7 @@ def main(argv=None) -> int:
     try:
         for size in a.sizes:
             path = base / f"state-{size:g}MB.zarr"
-            if a.source == "synthetic":
-                info = synthetic_store(path, size, a.units)
-            else:
-                steps = max(1, int(size * 1e6 / (82_250 * a.units * 4)))
-                info = recorded_store(path, steps, a.units)
+            info = make_store(path, a.source, size, a.units)
             disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             mb = info["bytes"] / 1e6
             ref = None

@@ -27,8 +27,11 @@ if TYPE_CHECKING:  # for annotations only
 BLOCK_BYTES = 16 * 2**20
 #: most kept records per block
 MAX_BLOCK_RECORDS = 64
-#: kept records per chunk along ``step`` (rounded to a multiple of the block)
-CHUNK_RECORDS = 64
+#: most kept records per chunk along ``step``: a chunk holds exactly one block's records, so every
+#: block writes whole chunks (chunks spanning several blocks were read, decompressed, recompressed
+#: and written again by every block: at mnist ``--params all`` with 256 units, one record per
+#: block and 50 per chunk, about 25× the store's bytes); kept for the old name, = MAX_BLOCK_RECORDS
+CHUNK_RECORDS = MAX_BLOCK_RECORDS
 #: bytes aimed at per chunk of the per-parameter arrays
 CHUNK_BYTES = 4 * 2**20
 #: runs per chunk along ``run``
@@ -164,7 +167,10 @@ class Layout:
     def chunks(self, units: int) -> dict[str, tuple[int, ...]]:
         rc = min(self.runs, CHUNK_RUNS)
         b = self.plan.block_records
-        sc = min(self.n_records, b * max(1, CHUNK_RECORDS // b))
+        # one block per chunk along step: every block's write covers whole chunks (never a read-
+        # modify-write of a chunk another block began); a plan of one record per block (given
+        # explicitly) keeps chunks of 2, written in two halves
+        sc = min(self.n_records, b)
         if self.n_records >= 2:
             sc = max(sc, 2)
         p, t = self.n_params, len(self.task.tensors)
@@ -193,7 +199,8 @@ RUNS_PER_DEVICE = 4
 
 def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_units: int,
               shards: int = 1) -> Plan:
-    """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES.
+    """Choose runs per vmap and records per block so a block's outputs stay near BLOCK_BYTES (but
+    at least 2 records: a block is also a chunk along ``step``; :meth:`Layout.chunks`).
 
     With ``shards`` devices the runs of one ``vmap`` are split across them: up to
     :data:`RUNS_PER_DEVICE` each, a multiple of ``shards`` (padded with copies of the last run when
@@ -204,7 +211,8 @@ def make_plan(task: Task, cfg: RecordConfig, steps: int, n_params: int, max_unit
     isz = np.dtype(cfg.dtype).itemsize
     per_record = run_batch * (n_params * (2 + max_units) * isz
                               + len(task.tensors) * (max_units + 1) * 4 + cfg.every * 4)
-    block = int(max(1, min(MAX_BLOCK_RECORDS, BLOCK_BYTES // per_record)))
+    # at least 2 records when there are 2: a chunk along step is one block, and no chunk has length 1
+    block = int(max(2, min(MAX_BLOCK_RECORDS, BLOCK_BYTES // per_record)))
     block = min(block, n_rec)
     n_blocks = -(-n_rec // block)
     return Plan(run_batch=run_batch, block_records=-(-n_rec // n_blocks))

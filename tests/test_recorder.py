@@ -286,3 +286,26 @@ def test_peak_memory_flat_in_steps():
     small, big = rows
     assert big["store_mb"] > 3 * small["store_mb"]  # the bigger run did write 4x the data
     assert big["peak_rss_mb"] - small["peak_rss_mb"] < 0.35 * growth_mb, rows
+
+
+@pytest.mark.parametrize("task_name, params, units", [("two_moons", None, 32), ("mnist", None, 256),
+                                                      ("mnist", None, 32), ("linear_regression", 4, 16)])
+def test_a_chunk_along_step_is_one_block(task_name, params, units):
+    """Every block writes whole chunks: a chunk along step never spans two blocks (a read, recompress
+    and rewrite of the chunk per block otherwise), and it has no length 1. At mnist --params all
+    with 256 units one record is 84 MB, so blocks (and chunks) are 2 records."""
+    from lopt_trace.optimizers import LearnedGRU
+    from lopt_trace.record_plan import make_layout
+    from lopt_trace.recorder import OptimizerEntry
+
+    task = get_task(task_name, steps=50)
+    opt = LearnedGRU(units=units)
+    entry = OptimizerEntry("learned", opt, {}, "test", "fresh GRU")
+    layout = make_layout(task, RecordConfig(runs=1, steps=50, params=params), [entry])
+    b = layout.plan.block_records
+    assert b >= 2
+    chunks = layout.chunks(units)
+    for name in ("state", "gradient", "update", "state_mean", "gradient_abs_mean"):
+        assert chunks[name][1] == b, (name, chunks[name], b)
+    if task_name == "mnist" and units == 256:
+        assert b == 2 and chunks["state"][2] * 2 * units * 4 <= 4 * 2**20
