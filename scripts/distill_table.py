@@ -26,6 +26,9 @@ import xarray as xr
 MECHANISMS = ("momentum", "schedule", "clipping", "adaptation", "normalization")
 #: a momentum fit error above this means the distilled optimizer's memory is not the group's
 FIT_OK = 0.10
+#: tuned momentum is called unstable when its worst problem's meta-objective exceeds this many
+#: times its median (the mean advantage is then dominated by a few problems)
+UNSTABLE = 3.0
 
 EXPLANATION = (
     "For each store, `lopt-trace distill` built a small optimizer from the store's "
@@ -57,6 +60,22 @@ def _pct(x) -> str:
 def _g(x, digits=3) -> str:
     x = float(x)
     return str(x) if not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def median_check(ds: xr.Dataset) -> str:
+    """A note when tuned momentum is unstable across problems: the recovered fraction recomputed on
+    per-problem medians instead of means (robust to the few problems that dominate the mean)."""
+    mo = ds["meta_objective"].load()
+    mom = mo.sel(variant="tuned_momentum").values
+    med = {v: float(np.median(mo.sel(variant=v).values)) for v in ("learned", "distilled", "tuned_momentum")}
+    if not np.all(np.isfinite(mom)) or np.max(mom) <= UNSTABLE * med["tuned_momentum"]:
+        return ""
+    denom = med["tuned_momentum"] - med["learned"]
+    frac = (med["tuned_momentum"] - med["distilled"]) / denom if denom > 0 else float("nan")
+    return (f"; tuned momentum is unstable on these problems (worst {_g(np.max(mom))}, "
+            f"{_g(np.max(mom) / med['tuned_momentum'], 2)}× its median), so its mean advantage rests on a few "
+            f"problems: on per-problem medians (group {_g(med['learned'])}, distilled {_g(med['distilled'])}, "
+            f"tuned momentum {_g(med['tuned_momentum'])}) the fraction recovered is {_pct(frac)}")
 
 
 def reading(a: dict, z: float) -> str:
@@ -108,7 +127,7 @@ def rows(label: str, path: str) -> tuple[str, str] | None:
            + " | ".join(_pct(carried[m]) if m in carried else "—" for m in MECHANISMS)
            + f" | {d.get('clip_at')} ({other[0].removeprefix('clip_on_') if other else '?'}: {_pct(other_rec)}) |")
     diverged = ", ".join(f"{v} {int(n)}" for v, n in zip(ds["variant"].values, ds["diverged"].values) if int(n))
-    line = (f"- {label} (`{a['optimizer']}`): {reading(a, z)}. Distilled: β = {_g(d['beta'], 4)}, "
+    line = (f"- {label} (`{a['optimizer']}`): {reading(a, z)}{median_check(ds)}. Distilled: β = {_g(d['beta'], 4)}, "
             f"α = {_g(d['learning_rate'], 4)}, "
             f"α_fast = {_g(d['fast_learning_rate'], 3)} (fit error {_g(100 * d['momentum_fit_error'], 2)}%; the "
             f"momentum recipe's mode: |λ| = {_g(d['recipe_beta'], 3)}, α = {_g(d['recipe_alpha'], 3)}); "

@@ -89,8 +89,10 @@ def progress_plot(ds: xr.Dataset, title: str = "each mechanism from the first ch
             continue
         style = dict(color="black", line_width=3) if name == "meta_objective" else dict(color=colour, line_width=2)
         layers.append(h.Curve((it, p), "iteration", "progress", label=label).opts(**style, tools=["hover"]))
+    # the HLine comes first, so the overlay would otherwise take its axis names (x, y)
     return h.Overlay(layers + _marks(ds)).opts(title=title, width=WIDTH + 120, height=HEIGHT, show_grid=True,
-                                               legend_position="right")
+                                               legend_position="right", xlabel="iteration",
+                                               ylabel="progress (0 first checkpoint, 1 last)")
 
 
 def metric_plots(ds: xr.Dataset) -> list:
