@@ -59,15 +59,11 @@ def child(args) -> None:
 
     warnings.filterwarnings("ignore")
     if args.job in ("record", "unrecorded"):
-        import jax
-        import jax.numpy as jnp
-        import numpy as np
-
         from lopt_trace import compile_cache
-        from lopt_trace import seeds as seedlib
-        from lopt_trace.recorder import (RecordConfig, _init_fn, _sample_fn, make_block_fn, make_layout,
-                                         record)
+        from lopt_trace.recorder import RecordConfig, record
         from lopt_trace.tasks import get_task
+
+        from _unrecorded import run_unrecorded  # benchmarks/ is the script's folder
 
         compile_cache.enable()
         task = get_task(args.task, steps=args.steps)
@@ -79,18 +75,7 @@ def child(args) -> None:
         if args.job == "record":
             record(task, [entry], cfg, args.store, overwrite=True, progress=False)
         else:
-            layout = make_layout(task, cfg, [entry])
-            K, rb = layout.steps, layout.plan.run_batch
-            theta = jax.tree.map(jnp.asarray, entry.theta)
-            block_fn, init = make_block_fn(layout, entry.optimizer), _init_fn(task, entry.optimizer)
-            sample = _sample_fn(task)
-            for r0, r1 in layout.run_groups():
-                seeds = np.concatenate([layout.seeds[r0:r1], np.repeat(layout.seeds[r1 - 1], rb - (r1 - r0))])
-                problems = sample(seedlib.problem_keys(seeds))
-                state = init(theta, problems)
-                for _ in range(layout.n_blocks):
-                    state, counts, outs, losses = block_fn(theta, problems.data, state, jnp.asarray(K, jnp.int32))
-                    jax.device_get((counts, outs, losses))  # to the host, as the recorder does; discarded
+            run_unrecorded(task, cfg, [entry])
         print(json.dumps({"compute_s": time.perf_counter() - t}))
     elif args.job == "streaming pca":
         import xarray as xr

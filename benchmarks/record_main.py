@@ -32,15 +32,11 @@ from pathlib import Path
 
 def child(args) -> None:
     t0 = time.perf_counter()
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     from lopt_trace import compile_cache
-    from lopt_trace import seeds as seedlib
-    from lopt_trace.recorder import (RecordConfig, _init_fn, _sample_fn, make_block_fn, make_layout,
-                                     record, resolve_optimizers)
+    from lopt_trace.recorder import RecordConfig, record, resolve_optimizers
     from lopt_trace.tasks import get_task
+
+    from _unrecorded import run_unrecorded  # benchmarks/ is the script's folder
 
     compile_cache.enable()
     task = get_task(args.task, **({"steps": args.steps} if args.steps else {}))
@@ -50,19 +46,7 @@ def child(args) -> None:
     if args.mode == "record":
         record(task, entries, cfg, args.out, progress=False)
     else:
-        layout = make_layout(task, cfg, entries)
-        K, rb = layout.steps, layout.plan.run_batch
-        sample = _sample_fn(task)
-        for e in entries:
-            theta = jax.tree.map(jnp.asarray, e.theta)
-            block_fn, init = make_block_fn(layout, e.optimizer), _init_fn(task, e.optimizer)
-            for r0, r1 in layout.run_groups():
-                seeds = np.concatenate([layout.seeds[r0:r1], np.repeat(layout.seeds[r1 - 1], rb - (r1 - r0))])
-                problems = sample(seedlib.problem_keys(seeds))
-                state = init(theta, problems)
-                for _ in range(layout.n_blocks):
-                    state, counts, outs, losses = block_fn(theta, problems.data, state, jnp.asarray(K, jnp.int32))
-                    jax.device_get((counts, outs, losses))  # to the host, as the recorder does; discarded
+        run_unrecorded(task, cfg, entries)
     t2 = time.perf_counter()
     print(json.dumps({"setup_s": t1 - t0, "compute_s": t2 - t1}))
 
