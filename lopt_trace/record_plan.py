@@ -36,10 +36,6 @@ CHUNK_RECORDS = MAX_BLOCK_RECORDS
 CHUNK_BYTES = 4 * 2**20
 #: runs per chunk along ``run``
 CHUNK_RUNS = 4
-#: mantissa bits of the per-parameter dtypes: the valid ``--keep-bits`` are 1 to these
-MANTISSA_BITS = {"float32": 23, "float16": 10}
-#: exponent bits (with the sign bit, what zstd keeps of a bit-rounded value at least, roughly)
-EXPONENT_BITS = {"float32": 8, "float16": 5}
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -66,7 +62,7 @@ class RecordConfig:
         if self.dtype not in ("float32", "float16"):
             raise UserError(f"--dtype must be float32 or float16, got {self.dtype!r}")
         if self.keep_bits is not None:
-            top = MANTISSA_BITS[self.dtype]
+            top = np.finfo(self.dtype).nmant  # mantissa bits: the valid --keep-bits are 1 to these
             if (isinstance(self.keep_bits, bool) or not isinstance(self.keep_bits, (int, np.integer))
                     or not 1 <= self.keep_bits <= top):
                 raise UserError(f"--keep-bits must be an integer from 1 to {top} for {self.dtype} "
@@ -157,7 +153,7 @@ class Layout:
         mantissa bits; the zeroed low bits compress away)."""
         if self.cfg.keep_bits is None:
             return float(self.itemsize)
-        return (1 + EXPONENT_BITS[self.cfg.dtype] + self.cfg.keep_bits) / 8
+        return (1 + np.finfo(self.cfg.dtype).iexp + self.cfg.keep_bits) / 8
 
     def run_groups(self) -> list[tuple[int, int]]:
         b = self.plan.run_batch
