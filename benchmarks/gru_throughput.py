@@ -16,6 +16,7 @@ is what is measured.
 
     nice -n 5 python benchmarks/gru_throughput.py [--tasks two_moons mnist] [--units 32 256]
         [--steps 20] [--repeat 5]
+    python benchmarks/gru_throughput.py --variants --tasks mnist --units 32   # formulations tried
     python benchmarks/gru_throughput.py --quick        # a small check that it runs
 """
 
@@ -76,6 +77,87 @@ def measure(n: int, units: int, steps: int, repeat: int) -> dict:
     return out
 
 
+# -- other formulations of the same step (``--variants``): what was tried to speed up small u ------
+def _reference_step(th, h, g):
+    """``LearnedGRU._F`` and its readout written out (no input normalisation, no clip)."""
+    x = g[:, None]
+    z = jax.nn.sigmoid(x * th["W_z"] + h @ th["U_z"] + th["b_z"])
+    r = jax.nn.sigmoid(x * th["W_r"] + h @ th["U_r"] + th["b_r"])
+    h_tilde = jnp.tanh(x * th["W_h"] + (r * h) @ th["U_h"] + th["b_h"])
+    h_next = (1.0 - z) * h + z * h_tilde
+    return h_next, h_next @ th["readout"]
+
+
+def _fused_gates_step(th, h, g):
+    """z and r from one (n × u) @ (u × 2u) matmul instead of two (n × u) @ (u × u)."""
+    u = h.shape[-1]
+    x = g[:, None]
+    w = jnp.concatenate([th["W_z"], th["W_r"]])
+    big_u = jnp.concatenate([th["U_z"], th["U_r"]], axis=1)
+    b = jnp.concatenate([th["b_z"], th["b_r"]])
+    zr = jax.nn.sigmoid(x * w + h @ big_u + b)
+    z, r = zr[:, :u], zr[:, u:]
+    h_tilde = jnp.tanh(x * th["W_h"] + (r * h) @ th["U_h"] + th["b_h"])
+    h_next = h + z * (h_tilde - h)
+    return h_next, h_next @ th["readout"]
+
+
+def _tanh_sigmoid_step(th, h, g):
+    """sigmoid(v) as 0.5·tanh(v/2) + 0.5: one transcendental kind for all three gates."""
+    x = g[:, None]
+    sig = lambda v: 0.5 * jnp.tanh(0.5 * v) + 0.5  # noqa: E731
+    z = sig(x * th["W_z"] + h @ th["U_z"] + th["b_z"])
+    r = sig(x * th["W_r"] + h @ th["U_r"] + th["b_r"])
+    h_tilde = jnp.tanh(x * th["W_h"] + (r * h) @ th["U_h"] + th["b_h"])
+    h_next = h + z * (h_tilde - h)
+    return h_next, h_next @ th["readout"]
+
+
+def _row_tiles(tile: int):
+    """The reference step over row tiles of ``tile`` parameters (``lax.map``), so that a tile's
+    intermediate (tile × u) arrays stay in cache between the matmuls and the gates."""
+    def step(th, h, g):
+        n, u = h.shape
+        pad = (-n) % tile
+        hp = jnp.pad(h, ((0, pad), (0, 0))).reshape(-1, tile, u)
+        gp = jnp.pad(g, (0, pad)).reshape(-1, tile)
+        h_next, dx = jax.lax.map(lambda a: _reference_step(th, a[0], a[1]), (hp, gp))
+        return h_next.reshape(-1, u)[:n], dx.reshape(-1)[:n]
+    return step
+
+
+VARIANTS = {"as LearnedGRU.step (reference)": _reference_step, "z and r gates in one matmul": _fused_gates_step,
+            "sigmoid as tanh": _tanh_sigmoid_step, "row tiles of 4,096 (lax.map)": _row_tiles(4096),
+            "row tiles of 16,384 (lax.map)": _row_tiles(16384)}
+
+
+def variants(n: int, units: int, steps: int, repeat: int) -> None:
+    """Time each of :data:`VARIANTS` against the plain matmul, in the same run."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 12)
+    names = ("W_z", "W_r", "W_h", "U_z", "U_r", "U_h", "b_z", "b_r", "b_h", "readout")
+    th = {k: 0.1 * jax.random.normal(kk, (units, units) if k.startswith("U") else (units,))
+          for k, kk in zip(names, keys)}
+    h = jnp.zeros((n, units), jnp.float32)
+    grads = 1e-2 * jax.random.normal(keys[10], (steps, n), jnp.float32)
+    a = jax.random.normal(keys[11], (n, units), jnp.float32)
+    t_mm = best_time(jax.jit(jnp.matmul), (a, th["U_z"]), repeat)
+    # memory traffic of one fused element-wise pass over an (n × u) array (read one, write one)
+    t_copy = best_time(jax.jit(lambda v: 2.0 * v + 1.0), (a,), repeat)
+    print(f"n = {n:,}, u = {units}; plain matmul {2 * n * units * units / t_mm / 1e9:.1f} GFLOP/s; "
+          f"one element-wise pass over (n × u) float32 {2 * a.nbytes / t_copy / 1e9:.1f} GB/s")
+    print("| formulation | ms per step | % of matmul |")
+    print("| --- | ---: | ---: |")
+    for label, step in VARIANTS.items():
+        def unroll(th, h, grads, step=step):
+            def body(h, g):
+                h, dx = step(th, h, g)
+                return h, jnp.sum(dx)
+            return jax.lax.scan(body, h, grads)
+        t = best_time(jax.jit(unroll), (th, h, grads), repeat)
+        pct = 100 * (6 * n * units * units * steps / t) / (2 * n * units * units / t_mm)
+        print(f"| {label} | {1e3 * t / steps:.2f} | {pct:.0f}% |", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["two_moons", "mnist"],
@@ -84,9 +166,21 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="steps per scan (default 20)")
     p.add_argument("--repeat", type=int, default=5, help="timed calls per measurement; the minimum is kept")
     p.add_argument("--quick", action="store_true", help="a check that it runs: 3 steps, 2 repeats")
+    p.add_argument("--variants", action="store_true",
+                   help="instead, time other formulations of the step at each task size and width "
+                        "(fused gates, sigmoid as tanh, row tiles) against the same matmul")
     a = p.parse_args(argv)
     if a.quick:
         a.steps, a.repeat = 3, 2
+    if a.variants:
+        print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}; {platform.node()}; jax {jax.__version__}; "
+              f"{os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+              f"{a.steps} steps per scan, min of {a.repeat} timed calls")
+        for name in a.tasks:
+            for u in a.units:
+                variants(get_task(name).num_params, u, a.steps, a.repeat)
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return 0
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}; {platform.node()}; devices {jax.devices()}; "
           f"jax {jax.__version__}; {os.cpu_count()} CPUs; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

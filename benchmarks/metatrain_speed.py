@@ -135,7 +135,7 @@ def main():
             verdict = "" if target is None else ("meets" if cpu / fwd_cpu <= target else "misses")
             rows.append((name, res["n"], res["batch"], k, cpu, wall, cpu / fwd_cpu, wall / fwd_wall,
                          f"≤ {target:g}× {verdict}" if target else ""))
-    print(f"| task | n | batch | meta-iteration | CPU s | wall s | × forward (CPU) | × forward (wall) | target |")
+    print("| task | n | batch | meta-iteration | CPU s | wall s | × forward (CPU) | × forward (wall) | target |")
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |")
     for name, n, b, k, cpu, wall, rc, rw, target in rows:
         print(f"| {name} | {n:,} | {b} | {k} | {cpu:.3f} | {wall:.3f} | {rc:.2f} | {rw:.2f} | {target} |")

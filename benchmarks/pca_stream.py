@@ -3,8 +3,8 @@ array, and against scikit-learn's PCA on a store that fits in memory; peak memor
 
 For each size in ``--sizes`` (MB of float32 ``state``), a store holding one ``state (run, step,
 param, unit)`` array is written (``--source synthetic``, the default: Gaussian states with the
-recorder's chunking, about 4 MiB per chunk, zstd level 3, which barely compresses them, as real
-states barely compress; or ``--source record``: ``lopt-trace record --task mnist --params all`` with
+recorder's chunking, about 4 MiB per chunk, and its codec (``lopt_trace.store.zarr_io.COMPRESSORS``;
+the tables in docs/performance.md dated before 2026-12-03 12:00 used zstd level 3); or ``--source record``: ``lopt-trace record --task mnist --params all`` with
 a fresh GRU of ``--units``, sized by ``--steps``, slow). Then each of these runs in its own fresh
 process, which reports its wall time and its peak resident memory (``ru_maxrss``):
 
@@ -77,7 +77,6 @@ def synthetic_store(path: Path, megabytes: float, units: int, runs: int = 4) -> 
     import dask.array as da
     import numpy as np
     import xarray as xr
-    import zarr
 
     steps = 64
     params = max(1, int(megabytes * 1e6 / (4 * runs * steps * units)))
@@ -89,8 +88,9 @@ def synthetic_store(path: Path, megabytes: float, units: int, runs: int = 4) -> 
     state = state * np.linspace(2.0, 0.1, units, dtype=np.float32)
     ds = xr.Dataset({"state": (("run", "step", "param", "unit"), state)},
                     coords={"unit": np.array([f"u{i}" for i in range(units)], dtype=object)})
-    enc = {"state": {"chunks": chunks, "compressors": (zarr.codecs.ZstdCodec(level=3),)}}
-    from lopt_trace.zarr_io import quiet_zarr_writes
+    from lopt_trace.store.zarr_io import COMPRESSORS, quiet_zarr_writes
+
+    enc = {"state": {"chunks": chunks, "compressors": COMPRESSORS}}
 
     with quiet_zarr_writes():
         xr.DataTree.from_dict({"/": xr.Dataset(), "/runs/synthetic": ds}).to_zarr(

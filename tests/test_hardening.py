@@ -201,6 +201,20 @@ def test_store_without_manifest_still_opens_and_truncation_names_the_file(store,
     assert code == 1 and "/runs/momentum/loss  undecodable" in out
 
 
+def test_one_changed_byte_without_manifest_fails_to_decode(store, capsys):
+    """Every chunk carries a CRC32C (lopt_trace.store.zarr_io.COMPRESSORS): a flipped byte in the
+    middle of a chunk is refused on read even when no manifest is there to compare with."""
+    (store / MANIFEST).unlink()
+    chunk = store / "runs" / "momentum" / "loss" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    code, _, err = _cli(capsys, "analyze", "performance", store)
+    line = _one_line_error(code, err)
+    assert "runs/momentum/loss/c/0/0" in line and "cannot be decoded" in line and "checksum" in line.lower()
+    assert not (store / "analysis" / "performance").exists()
+
+
 @pytest.mark.parametrize("where", ["zarr.json", "runs/sgd/zarr.json"])
 def test_garbage_metadata_names_the_file(store, where, capsys):
     (store / where).write_text("{ this is not json")

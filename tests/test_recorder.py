@@ -4,6 +4,7 @@ resume, the lock, float16 and flat peak memory."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 from pathlib import Path
@@ -175,6 +176,17 @@ def test_float16_store(tmp_path):
         np.testing.assert_allclose(b[name].values.astype(np.float32), a[name].values, rtol=2e-3, atol=1e-6)
     assert b["loss"].dtype == np.float32 and b["state_mean"].dtype == np.float32
     np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
+    # lossy per-parameter arrays are compressed for size (zstd), lossless ones for speed (LZ4)
+    assert _cname(out16, "runs/adam/state") == "zstd" and _cname(out16, "runs/adam/loss") == "lz4"
+    assert _cname(out32, "runs/adam/state") == "lz4"
+
+
+def _cname(store: str, array: str) -> str:
+    """The Blosc compressor named in ``array``'s zarr.json (what a reader without lopt-trace sees)."""
+    meta = json.loads((Path(store) / array / "zarr.json").read_text())
+    (blosc,) = [c for c in meta["codecs"] if c["name"] == "blosc"]
+    assert meta["codecs"][-1]["name"] == "crc32c", meta["codecs"]
+    return blosc["configuration"]["cname"]
 
 
 def _bytes_under(store: str, group: str, names) -> int:
@@ -225,6 +237,7 @@ def test_keep_bits_rounds_the_per_parameter_arrays(tmp_path, dtype, bits):
         np.testing.assert_array_equal(ga[name].values, gb[name].values, err_msg=name)
     arrays = ("state", "gradient", "update")
     assert _bytes_under(kept, "runs/adam", arrays) < 0.8 * _bytes_under(plain, "runs/adam", arrays)
+    assert [_cname(kept, f"runs/adam/{n}") for n in arrays + ("loss",)] == ["zstd"] * 3 + ["lz4"]
     entries = resolve_optimizers(task.name, ["adam"])
     est = [estimate(make_layout(task, RecordConfig(keep_bits=k, **kw), entries), entries).store
            for k in (None, bits)]

@@ -107,7 +107,12 @@ def test_chunks_fixed_and_no_length_one(store):
         arr = group[f"runs/adam/{name}"]
         for size, chunk in zip(arr.shape, arr.chunks):
             assert chunk >= 2 or size == 1, (name, arr.shape, arr.chunks)
-        assert any(type(c).__name__ == "ZstdCodec" for c in arr.compressors), name
+        codec, crc = arr.compressors  # Blosc LZ4 over bit-shuffled values (typesize from the dtype), CRC32C
+        assert type(crc).__name__ == "Crc32cCodec", (name, crc)
+        assert (type(codec).__name__, str(codec.cname.value), str(codec.shuffle.value)) == (
+            "BloscCodec", "lz4", "bitshuffle"), (name, codec)
+        if arr.dtype.kind == "f":
+            assert codec.typesize == arr.dtype.itemsize, (name, codec)
 
 
 def _write(path, tree):

@@ -37,8 +37,9 @@ def _sample_dims(states: xr.DataArray, sample_dims, unit: str) -> tuple[str, ...
     return tuple(sample_dims)
 
 
-#: samples converted to float64 at a time inside a block (bounds the temporaries to ~16 MB)
-ROWS = 65536
+#: float64 values converted at a time inside a block: ROW_VALUES // d samples (temporaries of
+#: ~16 MB, which stay in cache better than larger ones)
+ROW_VALUES = 1 << 21
 
 
 def one_blas_thread():
@@ -70,10 +71,15 @@ def _block_moments(block, shift, ndim):
     """(1, ..., 1, 1 + d + d²) partial count, sum and sum of products of one block."""
     d = block.shape[-1]
     x = block.reshape(-1, d)
+    rows = max(256, ROW_VALUES // d)
     n, s1, s2 = 0.0, np.zeros(d), np.zeros((d, d))
-    for start in range(0, len(x), ROWS):
-        y = x[start:start + ROWS].astype(np.float64) - shift
-        y = y[np.isfinite(y).all(axis=1)]
+    for start in range(0, len(x), rows):
+        xs = x[start:start + rows]
+        finite = np.isfinite(xs).all(axis=1)  # on the stored dtype: half the bytes of float64
+        y = xs.astype(np.float64)
+        y -= shift  # in place: one float64 temporary per slice, not two
+        if not finite.all():  # copy only when a sample must be dropped
+            y = y[finite]
         n += len(y)
         s1 += y.sum(axis=0)
         s2 += y.T @ y
@@ -86,7 +92,7 @@ def moments(states: xr.DataArray, sample_dims=None, unit: str = UNIT) -> dict:
 
     Returns ``{"shift": c (unit), "n": (), "s1": (unit), "s2": (unit, unit_)}`` where the sums are
     of y = x − c over finite samples; c is one sample (it only improves the numerics). Each Dask
-    block is reduced on its own (in float64, ``ROWS`` samples at a time) to 1 + d + d² numbers,
+    block is reduced on its own (in float64, ``ROW_VALUES // d`` samples at a time) to 1 + d + d² numbers,
     which are then summed. Compute them together with other lazy results in one
     ``dask.compute`` to share the pass over the data, inside :func:`one_blas_thread`.
     """

@@ -72,7 +72,7 @@ def add_parser(sub, name):
                    help="dtype of the per-parameter arrays (default float32; float16 halves the size)")
     p.add_argument("--keep-bits", type=keep_bits_arg, default=None, metavar="N",
                    help="lossy: round state, gradient and update to N mantissa bits when written (1-23 for "
-                        "float32, 1-10 for float16; zarr's numcodecs.bitround codec, so zstd shrinks the store "
+                        "float32, 1-10 for float16; zarr's numcodecs.bitround codec, so compression shrinks the store "
                         "more; relative error at most 2^-(N+1)); losses, means and histograms stay exact "
                         "(default: every bit kept)")
     p.add_argument("--out", default=None, type=output_path, help="store path or fsspec URL (default ./<task>.zarr)")

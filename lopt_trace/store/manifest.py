@@ -397,5 +397,5 @@ def undecodable_message(path, exc: BaseException) -> str | None:
 def is_decode_error(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
     return isinstance(exc, json.JSONDecodeError) or any(
-        w in text for w in ("decompress", "zstd", "codec", "cannot reshape", "buffer size",
-                            "unexpected end", "invalid input data"))
+        w in text for w in ("decompress", "zstd", "blosc", "codec", "checksum", "cannot reshape",
+                            "buffer size", "unexpected end", "invalid input data"))
