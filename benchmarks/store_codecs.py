@@ -6,8 +6,9 @@ Every chunk of one recorded ``state`` array (as the recorder chunks it) is encod
 the compressed bytes over the float32 bytes and the encode and decode rates (MB of the setting's
 values per second). By default a store is recorded first: two_moons with the bundled learned
 optimizer, 4 runs × 200 steps, every parameter. This is where ``lopt_trace.store.zarr_io``'s
-choices come from: ``COMPRESSORS`` (LZ4) for lossless arrays, ``COMPACT_COMPRESSORS`` (zstd in
-Blosc) for the lossy per-parameter arrays.
+choices come from (``per_parameter_compressors``): LZ4 for float32 arrays kept whole, zstd over
+bit-shuffled values after ``--keep-bits``, plain zstd for float16; each codec's label names where
+it is used.
 
     python benchmarks/store_codecs.py [STORE] [--array runs/learned/state]
     python benchmarks/store_codecs.py --quick      # a check that it runs: 20 steps
@@ -30,9 +31,9 @@ import zarr
 from numcodecs import BitRound, Blosc, Zstd
 
 CODECS = {
-    "zstd 3 (before 2026-12-03)": lambda: Zstd(level=3),
-    "Blosc LZ4, bit-shuffled (lossless arrays)": lambda: Blosc("lz4", 5, Blosc.BITSHUFFLE),
-    "Blosc zstd 3, bit-shuffled (lossy arrays)": lambda: Blosc("zstd", 3, Blosc.BITSHUFFLE),
+    "zstd 3 (float16; every array before 2026-12-03)": lambda: Zstd(level=3),
+    "Blosc LZ4, bit-shuffled (float32)": lambda: Blosc("lz4", 5, Blosc.BITSHUFFLE),
+    "Blosc zstd 3, bit-shuffled (--keep-bits)": lambda: Blosc("zstd", 3, Blosc.BITSHUFFLE),
 }
 
 

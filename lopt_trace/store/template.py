@@ -18,7 +18,7 @@ from lopt_trace.provenance import utc_now, versions
 from lopt_trace.store.manifest import MANIFEST
 from lopt_trace.store.schema import (HIST_BINS, RUN_COORDS, RUN_VARIABLES, SCHEMA_VERSION, hist_edges,
                                      with_label_copies)
-from lopt_trace.store.zarr_io import COMPACT_COMPRESSORS, COMPRESSORS, bit_round
+from lopt_trace.store.zarr_io import COMPRESSORS, bit_round, per_parameter_compressors
 from lopt_trace.theta import theta_to_dataset
 
 if TYPE_CHECKING:  # the recorder's types; the template only reads their fields
@@ -98,10 +98,9 @@ def group_dataset(layout: Layout, entry: OptimizerEntry) -> tuple[xr.Dataset, di
     }
     ds = with_label_copies(xr.Dataset(data_vars, coords=coords, attrs=to_json_types(attrs)))
     encoding = {}
-    lossy = keep is not None or layout.cfg.dtype != "float32"
+    per_param = per_parameter_compressors(layout.cfg.dtype, keep)
     for name in ds.variables:
-        # lossy per-parameter arrays were asked to be small: zstd's entropy coding (docs/store.md)
-        encoding[name] = {"compressors": COMPACT_COMPRESSORS if lossy and name in ROUNDED else COMPRESSORS}
+        encoding[name] = {"compressors": per_param if name in ROUNDED else COMPRESSORS}
         if keep is not None and name in ROUNDED:
             encoding[name]["filters"] = (bit_round(keep),)
         if name in chunks:

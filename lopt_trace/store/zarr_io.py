@@ -20,19 +20,35 @@ from lopt_trace.errors import UserError
 ZARR_FORMAT = 3
 #: codec for every array lopt-trace writes: Blosc with LZ4 over bit-shuffled values (in the Zarr v3
 #: spec, so plain zarr/xarray read it). On recorded float32 hidden states it is both smaller and
-#: faster than zstd level 3, which lopt-trace used before (two_moons' learned states: 0.72x against
-#: 0.92x of the raw bytes, at about twice the speed); the writer's CPU time is what a full-size
+#: faster than zstd level 3, which lopt-trace used before (``benchmarks/store_codecs.py`` on
+#: two_moons' learned states: 0.74x against 0.92x of the raw bytes, encoding at 1.0 against
+#: 0.7 GB/s and decoding at 2.6 against 1.1 GB/s); the writer's CPU time is what a full-size
 #: recording pays on top of its steps (docs/performance.md). ``typesize`` is left to zarr, which
 #: takes it from each array's dtype. Blosc does not notice a truncated buffer (it can decode one
 #: silently into wrong values), so every chunk also carries the spec's CRC32C checksum: a damaged
 #: chunk fails to decode, with or without the store's manifest.
 COMPRESSORS = (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
-#: codec of ``state``, ``gradient`` and ``update`` when they are stored lossily (``--dtype
-#: float16``, ``--keep-bits``): the zeroed or dropped mantissa bits leave long runs that zstd's
-#: entropy coding packs tighter than LZ4 (two_moons' learned states after ``--keep-bits 8``: 0.20x
-#: of the float32 bytes against LZ4's 0.25x; float16 0.25x against 0.31x), at the speed of the
-#: zstd level 3 used before.
-COMPACT_COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
+#: codecs of ``state``, ``gradient`` and ``update`` when they are stored lossily, where size is
+#: what was asked for: see :func:`per_parameter_compressors`.
+ROUNDED_COMPRESSORS = (zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), zarr.codecs.Crc32cCodec())
+FLOAT16_COMPRESSORS = (zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec())
+
+
+def per_parameter_compressors(dtype: str, keep_bits: int | None) -> tuple:
+    """The codecs of the recorder's per-parameter arrays (``state``, ``gradient``, ``update``).
+
+    float32 kept whole: :data:`COMPRESSORS` (LZ4, the fastest and here also the smallest). With
+    ``--keep-bits``: zstd over bit-shuffled values, which gathers the zeroed mantissa bits into
+    runs; in float16 without rounding: plain zstd. Measured with ``benchmarks/store_codecs.py``
+    and ``benchmarks/record_precision.py`` on two_moons' learned states in two chunkings (sizes
+    relative to the raw float32 state / to the whole float32 store):
+    ``--keep-bits 16`` 0.51x / 0.68x against plain zstd's 0.66x / 0.99x,
+    ``--keep-bits 8`` 0.22x / 0.31x against 0.19x / 0.34x; float16 0.21x / 0.37x with plain zstd
+    against 0.28x / 0.39x bit-shuffled (docs/performance.md).
+    """
+    if keep_bits is not None:
+        return ROUNDED_COMPRESSORS
+    return FLOAT16_COMPRESSORS if dtype == "float16" else COMPRESSORS
 
 #: zarr notes, at every numcodecs codec it builds (writing or reading), that such codecs are not in
 #: the Zarr v3 spec. The recorder's ``--keep-bits`` writes ``numcodecs.bitround`` on purpose
