@@ -3,9 +3,10 @@ array, and against scikit-learn's PCA on a store that fits in memory; peak memor
 
 For each size in ``--sizes`` (MB of float32 ``state``), a store holding one ``state (run, step,
 param, unit)`` array is written (``--source synthetic``, the default: Gaussian states with the
-recorder's chunking, about 4 MiB per chunk, and its codec (``lopt_trace.store.zarr_io.COMPRESSORS``;
-the tables in docs/performance.md dated before 2026-12-03 12:00 used zstd level 3); or ``--source record``: ``lopt-trace record --task mnist --params all`` with
-a fresh GRU of ``--units``, sized by ``--steps``, slow). Then each of these runs in its own fresh
+recorder's chunking, about 4 MiB per chunk, and its codec, ``lopt_trace.store.zarr_io.COMPRESSORS``;
+the tables in docs/performance.md dated before 2026-12-03 11:30 used zstd level 3; or ``--source
+record``: ``lopt-trace record --task mnist --params all`` with a fresh GRU of ``--units``, sized by
+``--steps``, slow). Then each of these runs in its own fresh
 process, which reports its wall time and its peak resident memory (``ru_maxrss``):
 
 - ``import + open``: opening the store only (the floor every process pays; its time is the

@@ -229,11 +229,12 @@ def make_layout(task: Task, cfg: RecordConfig, entries: list[OptimizerEntry],
 # -- what it will cost ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, an upper bound:
-    compression saves 15-25 % on states, plus coordinates and the learned optimizer's meta-training history;
-    tiny stores add some kB of metadata; with ``--keep-bits N`` the per-parameter arrays count
-    sign, exponent and N mantissa bits per value, a rough guess of what compression keeps) and ``memory`` (the inner problems in flight and two
-    blocks of outputs, besides the interpreter, JAX and the task's data)."""
+    """Bytes a recording needs, known before any work: ``store`` (the arrays uncompressed, an
+    upper bound: compression saves 15-25 % on states; plus coordinates and the learned optimizer's
+    meta-training history; tiny stores add some kB of metadata; with ``--keep-bits N`` the
+    per-parameter arrays count sign, exponent and N mantissa bits per value, a rough guess of what
+    compression keeps) and ``memory`` (the inner problems in flight and two blocks of outputs,
+    besides the interpreter, JAX and the task's data)."""
 
     store: int
     memory: int

@@ -92,8 +92,8 @@ def moments(states: xr.DataArray, sample_dims=None, unit: str = UNIT) -> dict:
 
     Returns ``{"shift": c (unit), "n": (), "s1": (unit), "s2": (unit, unit_)}`` where the sums are
     of y = x − c over finite samples; c is one sample (it only improves the numerics). Each Dask
-    block is reduced on its own (in float64, ``ROW_VALUES // d`` samples at a time) to 1 + d + d² numbers,
-    which are then summed. Compute them together with other lazy results in one
+    block is reduced on its own (in float64, ``ROW_VALUES // d`` samples at a time) to 1 + d + d²
+    numbers, which are then summed. Compute them together with other lazy results in one
     ``dask.compute`` to share the pass over the data, inside :func:`one_blas_thread`.
     """
     dims = _sample_dims(states, sample_dims, unit)
