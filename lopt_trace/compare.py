@@ -373,28 +373,41 @@ def tuning_figure(curves: dict[str, xr.Dataset], title: str | None = None):
                                    legend_position="top_right", width=720, height=440)
 
 
-def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare") -> tuple[list[Path], str | None]:
-    """Save ``fig`` as HTML (bokeh) at ``path`` and try a PNG next to it.
+def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare",
+                png: bool = False) -> tuple[list[Path], str | None]:
+    """Save ``fig`` as HTML (bokeh, inline resources) at ``path`` and, with ``png``, as a PNG next
+    to it (bokeh's export through headless Chromium, :func:`lopt_trace.report.chrome_webdriver`).
 
-    Returns the files written and a note when the PNG could not be made (bokeh's PNG export needs
-    selenium and a browser driver).
+    Returns the files written and a note when the PNG was asked for but could not be made (the
+    HTML is written either way; check :func:`lopt_trace.report.check_png_export` first to fail
+    before a long run instead).
     """
     import holoviews as hv
     import holoviews.plotting.bokeh
 
     path = Path(path)
-    html = path if path.suffix == ".html" else path.with_suffix(".html")
+    html = path.with_suffix(".html")
     html.parent.mkdir(parents=True, exist_ok=True)
     hv.save(fig, str(html), backend="bokeh", title=title, resources="inline")  # opens offline
     written, note = [html], None
-    png = html.with_suffix(".png")
+    if not png:
+        return written, note
+    target = html.with_suffix(".png")
     try:
-        import selenium  # noqa: F401  (optional, the test extra: bokeh's export_png needs it and a browser)
+        from bokeh.io import export_png
 
-        hv.save(fig, str(png), backend="bokeh")
-        written.append(png)
-    except Exception as exc:  # noqa: BLE001  (no selenium, no browser driver, ...)
-        note = f"no PNG ({type(exc).__name__}: bokeh's PNG export needs selenium and a browser); wrote HTML only"
+        from lopt_trace.report import chrome_webdriver
+
+        driver = chrome_webdriver()
+        try:
+            export_png(hv.render(fig, backend="bokeh"), filename=str(target), webdriver=driver)
+        finally:
+            driver.quit()
+        written.append(target)
+    except UserError as exc:  # what is missing, and how to install it
+        note = f"no PNG ({exc}); wrote HTML only"
+    except Exception as exc:  # noqa: BLE001  (the browser failed to start or to render)
+        note = " ".join(f"no PNG ({type(exc).__name__}: {exc}); wrote HTML only".split())
     return written, note
 
 

@@ -140,18 +140,27 @@ def render_html(view: StoreView, figs: list[Figure], title: str | None = None) -
 
 
 # -- PNG ---------------------------------------------------------------------------------------
-def chrome_webdriver():
-    """A headless Chromium driven by chromedriver (Debian's packages), for Bokeh's export_png."""
+def check_png_export() -> tuple[str, str]:
+    """The paths of Chromium and chromedriver that PNG export uses, found without starting them;
+    a :class:`UserError` that says what to install when they (or selenium) are missing."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        raise UserError("--png needs Chromium and chromedriver; install them with "
+        raise UserError("PNG export needs Chromium and chromedriver; install them with "
                         "`apt-get install chromium chromium-driver` (Debian/Ubuntu)")
-    try:  # selenium is optional (the test extra): only --png needs it
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+    try:  # selenium is optional (the test extra): only PNG export needs it
+        import selenium  # noqa: F401
     except ImportError:
-        raise UserError("--png needs selenium; install it with `pip install selenium`") from None
+        raise UserError("PNG export needs selenium; install it with `pip install selenium`") from None
+    return chromium, driver
+
+
+def chrome_webdriver():
+    """A headless Chromium driven by chromedriver (Debian's packages), for Bokeh's export_png."""
+    chromium, driver = check_png_export()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

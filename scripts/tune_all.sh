@@ -18,8 +18,8 @@ cd "$(dirname "$0")/.."
 # task -> "problems samples validation-problems" (cheap tasks validate on many problems: a step size
 # at the edge of stability can diverge on 1 problem in 64, which 16 validation problems would miss)
 declare -A PLAN=(
-  [linear_regression]="256 2500 256"
-  [rosenbrock]="256 2500 256"
+  [linear_regression]="256 10000 256"
+  [rosenbrock]="256 10000 256"
   [two_moons]="8 512 16"
   [mnist]="4 256 16"
 )
@@ -35,6 +35,6 @@ for task in "${tasks[@]}"; do
   [ -n "${TIME_BUDGET:-}" ] && budget=(--time-budget "$TIME_BUDGET")
   echo "== $task: $samples candidates x $problems problems per baseline -> $out"
   nice -n 10 lopt-trace tune --task "$task" --optimizer all --samples "$samples" --seeds "$problems" --validation-problems "$validation" \
-    --checkpoint-every 1 "${budget[@]}" "${resume[@]}" --out "$out" --bundle --no-progress \
+    --checkpoint-every 1 "${budget[@]}" "${resume[@]}" --out "$out" --bundle "data/tuned/$task.json" --no-progress \
     >> "training/$task-tune.log" 2>&1
 done

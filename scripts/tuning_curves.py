@@ -33,6 +33,18 @@ def _pm(mean: float, sem: float) -> str:
     return f"{mean:.4g} ± {sem:.2g}"
 
 
+def search_seconds(ds) -> float:
+    """Seconds the search's evaluator calls took, over all sessions (compilation included; the
+    validation runs and the checkpoint writes are not)."""
+    return float(ds.attrs["compile_seconds"]) + float(ds.attrs["eval_seconds"])
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def rows(store: str | Path) -> tuple[str, list[str], dict]:
     """``(task, markdown rows, {optimizer: tuning curve})`` of one tune store."""
     results = read_tune_store(store)
@@ -58,7 +70,7 @@ def rows(store: str | Path) -> tuple[str, list[str], dict]:
             f"{float(ds['mean_objective'].values[low]):.4g} (#{low}) | {theta} (#{best['sample']}) | "
             f"{_pm(best['objective'], best['sem'])} | {how} | "
             f"{best['tied_count']} | {val_text} | {int(ds.attrs['failed_total'])} | "
-            f"{float(ds.attrs['candidates_per_second']):.3g} | "
+            f"{float(ds.attrs['candidates_per_second']):.3g} | {_duration(search_seconds(ds))} | "
             f"{100 * curve.attrs['improvement_last_half']:.2f} % | {verdict} |")
     if task is None:
         raise SystemExit(f"{store}: no tuning results")
@@ -72,8 +84,8 @@ def table(task: str, store: str | Path, lines: list[str]) -> str:
             f"![{task} tuning curves](tuning-curves-{task}.png)\n\n"
             "| optimizer | samples × problems | lowest mean (#sample) | selected θ (#sample) | "
             "selected: mean ± sem over problems | chosen by | tied set | validation mean ± sem "
-            "(problems) | diverged | candidates/s | last-half improvement | curve |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
+            "(problems) | diverged | candidates/s | search time | last-half improvement | curve |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
     return head + "\n".join(lines) + "\n"
 
 

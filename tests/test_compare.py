@@ -149,8 +149,45 @@ def test_figure_saves_html(tmp_path, tuned_file):
     curves = loss_curves(task, entries, seedlib.test_seeds(0, 3), progress=False)
     written, note = save_figure(figure(curves), tmp_path / "fig.html")
     html = (tmp_path / "fig.html").read_text()
-    assert written[0] == tmp_path / "fig.html" and "Bokeh" in html and "momentum" in html
-    assert (note is None) == (len(written) == 2)
+    assert written == [tmp_path / "fig.html"] and note is None  # a PNG only when asked for
+    assert "Bokeh" in html and "momentum" in html and not (tmp_path / "fig.png").exists()
+
+
+def _plot_argv(tmp_path, tuned_file, out):
+    return ["compare", "--task", "linear_regression", "--seeds", "2", "--steps", "5",
+            "--optimizer", "sgd", "--tuned", str(tuned_file), "--out", str(out), "--no-progress"]
+
+
+def test_cli_png_without_chromium_fails_before_running(tmp_path, tuned_file, capsys, monkeypatch):
+    import lopt_trace.compare
+
+    monkeypatch.setattr("lopt_trace.report.shutil.which", lambda name: None)
+    monkeypatch.setattr(lopt_trace.compare, "compare", lambda *a, **k: pytest.fail("ran the comparison"))
+    assert main(_plot_argv(tmp_path, tuned_file, tmp_path / "fig.png")) == 2
+    err = capsys.readouterr().err
+    assert "PNG export needs Chromium" in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("fig.*"))
+
+
+def test_cli_png_is_not_overwritten_silently(tmp_path, tuned_file, capsys):
+    (tmp_path / "fig.png").write_bytes(b"mine")
+    assert main(_plot_argv(tmp_path, tuned_file, tmp_path / "fig.png")) == 2
+    assert "fig.png already exists" in capsys.readouterr().err
+    assert (tmp_path / "fig.png").read_bytes() == b"mine" and not (tmp_path / "fig.html").exists()
+
+
+@pytest.mark.browser
+def test_cli_png_next_to_the_html(tmp_path, tuned_file, capsys):
+    from lopt_trace.report import check_png_export
+
+    try:
+        check_png_export()
+    except UserError as exc:
+        pytest.skip(str(exc))
+    assert main(_plot_argv(tmp_path, tuned_file, tmp_path / "fig.png")) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'fig.html'}, {tmp_path / 'fig.png'}" in out and "no PNG" not in out
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_compare(tmp_path, tuned_file, learned_file, capsys):

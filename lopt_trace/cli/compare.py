@@ -47,8 +47,8 @@ def add_parser(sub, name):
                    help="use default hyperparameters for baselines that have no tuned entry")
     p.add_argument("--steps", type=positive_int, default=None, help="inner steps (default: the task's)")
     p.add_argument("--out", default=None, metavar="PLOT", type=output_path,
-                   help="plot file, .html (default ./<task>-compare.html; a .png is added when "
-                        "bokeh can export one)")
+                   help="plot file: .html (default ./<task>-compare.html), or .png for a PNG "
+                        "next to the HTML (needs Chromium, chromedriver and selenium)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     p.add_argument("--tune-store", nargs="+", default=None, metavar="ZARR",
                    help="tune stores (lopt-trace tune) whose tuning curves the plot shows under Fig. 1 "
@@ -85,14 +85,20 @@ def run(args) -> int:
         names, strict = list(ALL_OPTIMIZERS), False
     elif names:
         names = list(dict.fromkeys(names))
-    plot = None
+    plot, png = None, False
     if not args.no_plot:
         plot = Path(args.out or f"{args.task}-compare.html")
         if plot.suffix not in (".html", ".png"):
             raise UserError(f"--out must end in .html (or .png), got {plot}")
+        png = plot.suffix == ".png"
         plot = plot.with_suffix(".html")
-        if plot.exists() and not args.overwrite:
-            raise UserError(f"{plot} already exists; pass --overwrite to replace it, or choose another --out")
+        for target in (plot, plot.with_suffix(".png")) if png else (plot,):
+            if target.exists() and not args.overwrite:
+                raise UserError(f"{target} already exists; pass --overwrite to replace it, or choose another --out")
+        if png:  # before the runs, not after them
+            from lopt_trace.report import check_png_export
+
+            check_png_export()
     if args.save:
         check_writable(args.save, args.overwrite)
 
@@ -122,7 +128,7 @@ def run(args) -> int:
             import holoviews as hv
 
             fig = hv.Layout([fig, tuning_figure({k: tuning_curve(ds) for k, ds in searches.items()})]).cols(1)
-        written, note = save_figure(fig, plot, title=f"lopt-trace compare {args.task}")
+        written, note = save_figure(fig, plot, title=f"lopt-trace compare {args.task}", png=png)
         print("wrote " + ", ".join(str(p) for p in written))
         if note:
             print(f"note: {note}")
