@@ -118,6 +118,21 @@ def test_time_budget_stops_and_resumes_from_the_cli(tmp_path, capsys, counted, m
     assert "already exists" in capsys.readouterr().err
 
 
+def test_time_budget_leaves_a_validation_that_costs_more_than_a_batch(tmp_path, counted):
+    """On MNIST the validation (2 candidates x 16 problems) costs two tuning batches (4 x 4): the
+    budget must count it so, not as one batch."""
+    task = get_task("linear_regression", steps=10)
+    clock = lambda: 10.0 * sum(counted.values())  # noqa: E731  (10 s per evaluator call)
+    search = dict(samples=2, problems=1, batch=1, validation_problems=8, progress=False)
+    # validation = 2 x 8 candidate-problems = 16 batches of 1 x 1: 20 s spent + 160 s > 45 s
+    first = tune_to_store(task, ["sgd"], tmp_path / "t.zarr", time_budget=45.0, clock=clock, **search)
+    assert first.stopped == "time budget" and first.batches == {"sgd": (2, 2)}
+    assert counted == {1: 2} and checkpoint_path(tmp_path / "t.zarr").exists()  # no validation ran
+    done = tune_to_store(task, ["sgd"], tmp_path / "t.zarr", resume=True, time_budget=45.0,
+                         clock=clock, **search)  # no batch left: the validation runs
+    assert done.stopped is None and counted[8] == 1 and (tmp_path / "t.zarr").exists()
+
+
 def test_selection_breaks_near_ties_toward_the_steadier_candidate():
     rng = np.random.default_rng(0)
     noise = rng.normal(size=16)

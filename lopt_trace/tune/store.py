@@ -53,6 +53,13 @@ def _checkpoint_tree(settings: dict, results: dict, states: dict) -> xr.DataTree
     return xr.DataTree.from_dict(nodes)
 
 
+def validation_batches(plan, validation_problems: int) -> float:
+    """What the validation of a finished search costs, in its tuning batches (at least one): the
+    selected and the lowest-mean candidates on ``validation_problems`` problems, against ``batch``
+    candidates on the tuning problems (near-ties run only when the selection diverges)."""
+    return max(1.0, 2 * int(validation_problems) / (plan.batch * len(plan.seeds)))
+
+
 def _read_checkpoint(path, settings: dict) -> tuple[dict, dict]:
     """``(results, states)`` from a checkpoint made with ``settings`` (else a :class:`UserError`)."""
     tree = open_tree(path)
@@ -147,8 +154,9 @@ def tune_to_store(task: Task, optimizers: list[str], out: str | os.PathLike, *, 
         return sum(plans[n].n_batches if n in results else (states[n].done if n in states else 0)
                    for n in optimizers)
 
-    def out_of_time() -> bool:
-        if ran[0] and time_budget is not None and clock() - began + max(durations[-5:]) > time_budget:
+    def out_of_time(batches: float = 1.0) -> bool:
+        """Would ``batches`` more batches (as long as the longest of the last five) end past the budget?"""
+        if ran[0] and time_budget is not None and clock() - began + batches * max(durations[-5:]) > time_budget:
             stopped[0] = "time budget"
         return stopped[0] is not None
 
@@ -183,8 +191,10 @@ def tune_to_store(task: Task, optimizers: list[str], out: str | os.PathLike, *, 
             tick[0] = clock()
             run_search(task, opt, plan, objective, state, progress,
                        stop=lambda i: must_stop(), after_batch=after_batch)
-        if state.done < plan.n_batches or (validation_problems and out_of_time()):
-            write_checkpoint()  # the validation that is left counts as one more batch
+        validation_left = validation_problems and out_of_time(validation_batches(plan, validation_problems))
+        if state.done < plan.n_batches or validation_left:
+            write_checkpoint()
+
             return outcome()
         ds = search_dataset(task, opt, plan, state.scores, state.timing(plan.batch), objective)
         results[name] = finish_search(task, opt, with_fixed(ds, fixed, name), validation_problems,
