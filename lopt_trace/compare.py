@@ -376,7 +376,7 @@ def tuning_figure(curves: dict[str, xr.Dataset], title: str | None = None):
 def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare",
                 png: bool = False) -> tuple[list[Path], str | None]:
     """Save ``fig`` as HTML (bokeh, inline resources) at ``path`` and, with ``png``, as a PNG next
-    to it (bokeh's export through headless Chromium, :func:`lopt_trace.report.chrome_webdriver`).
+    to it (bokeh's export through headless Chromium, :func:`lopt_trace.report.export_pngs`).
 
     Returns the files written and a note when the PNG was asked for but could not be made (the
     HTML is written either way; check :func:`lopt_trace.report.check_png_export` first to fail
@@ -394,15 +394,9 @@ def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare",
         return written, note
     target = html.with_suffix(".png")
     try:
-        from bokeh.io import export_png
+        from lopt_trace.report import export_pngs
 
-        from lopt_trace.report import chrome_webdriver
-
-        driver = chrome_webdriver()
-        try:
-            export_png(hv.render(fig, backend="bokeh"), filename=str(target), webdriver=driver)
-        finally:
-            driver.quit()
+        export_pngs([(fig, target)])
         written.append(target)
     except UserError as exc:  # what is missing, and how to install it
         note = f"no PNG ({exc}); wrote HTML only"

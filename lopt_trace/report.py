@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import os
 import shutil
 import time
@@ -169,25 +170,39 @@ def chrome_webdriver():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+def export_pngs(plots, driver=None) -> list[str]:
+    """Each ``(HoloViews object, path)`` of ``plots`` as a PNG, without the toolbar, through one
+    headless Chromium (``driver``; default a new :func:`chrome_webdriver`, quit at the end).
+
+    Chromium's console notes that bokeh's export logs as warnings (WebGL "GPU stall due to
+    ReadPixels") are silenced; errors still show."""
+    h = hv()
+    own = driver is None
+    driver = driver or chrome_webdriver()
+    log = logging.getLogger("bokeh.io.export")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    written = []
+    try:
+        for plot, path in plots:
+            model = h.render(plot, backend="bokeh")
+            for part in [model, *model.references()]:  # a static image has no use for tools
+                if hasattr(part, "toolbar_location"):
+                    part.toolbar_location = None
+            export_png(model, filename=str(path), webdriver=driver)
+            written.append(str(path))
+    finally:
+        log.setLevel(level)
+        if own:
+            driver.quit()
+    return written
+
+
 def write_pngs(figs: list[Figure], out_dir, driver=None) -> list[str]:
     """Each drawn figure as ``out_dir/<key>.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    own = driver is None
-    driver = driver or chrome_webdriver()
-    written = []
-    try:
-        h = hv()
-        for f in figs:
-            if not f.ok:
-                continue
-            path = out_dir / f"{f.key}.png"
-            export_png(h.render(f.plot, backend="bokeh"), filename=str(path), webdriver=driver)
-            written.append(str(path))
-    finally:
-        if own:
-            driver.quit()
-    return written
+    return export_pngs([(f.plot, out_dir / f"{f.key}.png") for f in figs if f.ok], driver)
 
 
 def write_report(store, out, png_dir=None, compute: bool = True, overwrite: bool = False,

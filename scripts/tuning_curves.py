@@ -106,17 +106,9 @@ def update_docs(task: str, block: str, doc: Path) -> None:
 
 def save_png(fig, path: Path) -> None:
     """``fig`` as a PNG, through bokeh's export and the report's headless Chromium."""
-    import holoviews as hv
-    import holoviews.plotting.bokeh  # noqa: F401
-    from bokeh.io import export_png
+    from lopt_trace.report import export_pngs
 
-    from lopt_trace.report import chrome_webdriver
-
-    driver = chrome_webdriver()
-    try:
-        export_png(hv.render(fig, backend="bokeh"), filename=str(path), webdriver=driver)
-    finally:
-        driver.quit()
+    export_pngs([(fig, path)])
 
 
 def main(argv: list[str] | None = None) -> int:
