@@ -152,7 +152,25 @@ def test_mnist_explicit_path(tmp_path):
 def test_im2col_convolution_equals_lax_conv():
     from lopt_trace.tasks.mnist import conv3x3_valid
 
-    h = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 3))
+    h = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 9, 7))  # channels first: (C, B, H, W)
     w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
-    ref = jax.lax.conv_general_dilated(h, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = jax.lax.conv_general_dilated(h, w, (1, 1), "VALID", dimension_numbers=("CNHW", "HWIO", "CNHW"))
+    assert conv3x3_valid(h, w).shape == ref.shape == (4, 2, 7, 5)
     np.testing.assert_allclose(conv3x3_valid(h, w), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_mnist_logits_equal_the_cnn_written_with_lax_conv():
+    """The CNN as documented (NHWC, 3×3 VALID convolutions, ReLU, flatten as (H, W, C), dense)."""
+    task = get_task("mnist")
+    problem = task.sample(jax.random.PRNGKey(0))
+    images, _ = task.batch(problem.data, 0)
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 8))  # biases are 0 at init: not here
+    p = {k: v + 0.1 * jax.random.normal(next(keys), v.shape) if k.endswith("bias") else v
+         for k, v in problem.params.items()}
+    h = images[:8]
+    for layer in range(3):
+        h = jax.nn.relu(jax.lax.conv_general_dilated(h, p[f"conv{layer}/weight"], (1, 1), "VALID",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                        + p[f"conv{layer}/bias"])
+    ref = h.reshape(8, -1) @ p["dense3/weight"] + p["dense3/bias"]
+    np.testing.assert_allclose(task.logits(p, images[:8]), ref, rtol=1e-4, atol=1e-5)
