@@ -191,10 +191,9 @@ def tune_to_store(task: Task, optimizers: list[str], out: str | os.PathLike, *, 
             tick[0] = clock()
             run_search(task, opt, plan, objective, state, progress,
                        stop=lambda i: must_stop(), after_batch=after_batch)
-        validation_left = validation_problems and out_of_time(validation_batches(plan, validation_problems))
-        if state.done < plan.n_batches or validation_left:
+        if state.done < plan.n_batches or (  # batches left, or no time for the validation
+                validation_problems and out_of_time(validation_batches(plan, validation_problems))):
             write_checkpoint()
-
             return outcome()
         ds = search_dataset(task, opt, plan, state.scores, state.timing(plan.batch), objective)
         results[name] = finish_search(task, opt, with_fixed(ds, fixed, name), validation_problems,
