@@ -9,8 +9,8 @@
 # A search checkpoints after every batch; when training/<task>-tune.zarr.checkpoint exists the
 # script resumes it (no candidate is evaluated twice). The seeds are fixed, so the files are
 # reproduced exactly (up to floating-point differences between machines).
-# mnist is not in the default list: 256 candidates x 4 problems x 200 steps per baseline is about a
-# day of this 2-core CPU, so it runs in the background across sessions (training/README.md):
+# mnist is not in the default list: 256 candidates x 4 problems x 200 steps per baseline is many
+# hours of this 2-core CPU, so it runs in the background across sessions (training/README.md):
 #   TIME_BUDGET=2h scripts/tune_all.sh mnist
 set -euo pipefail
 cd "$(dirname "$0")/.."
