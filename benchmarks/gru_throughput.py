@@ -26,25 +26,13 @@ import argparse
 import datetime
 import os
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from _timing import best_time  # benchmarks/ is the script's folder
 from lopt_trace.optimizers import LearnedGRU
 from lopt_trace.tasks import get_task
-
-
-def best_time(fn, args, repeat: int) -> float:
-    """Minimum wall seconds of ``repeat`` calls (after one call that compiles)."""
-    jax.block_until_ready(fn(*args))
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def gru_scan(step):

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from _timing import best_time_and_output  # benchmarks/ is the script's folder
 from lopt_trace.tasks import get_task
 
 
@@ -59,16 +59,6 @@ def sgd_losses(task, logits, problems, steps: int):
     return jax.jit(jax.vmap(one))
 
 
-def best_time(fn, args, repeat: int) -> tuple[float, np.ndarray]:
-    out = np.asarray(jax.block_until_ready(fn(*args)))  # compiles
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--problems", type=int, default=16, help="problems vmapped (default 16)")
@@ -85,7 +75,8 @@ def main(argv=None) -> int:
           f"{a.steps} steps per call, min of {a.repeat} calls")
     times, losses = {}, {}
     for name, logits in (("channels last", channels_last_logits), ("channels first", task.logits)):
-        t, losses[name] = best_time(sgd_losses(task, logits, problems, a.steps), (problems,), a.repeat)
+        t, out = best_time_and_output(sgd_losses(task, logits, problems, a.steps), (problems,), a.repeat)
+        losses[name] = np.asarray(out)
         times[name] = t / (a.problems * a.steps)
         print(f"{name}: {1e3 * times[name]:.1f} ms per CNN step", flush=True)
     diff = np.max(np.abs(losses["channels first"] - losses["channels last"]) / np.abs(losses["channels last"]))
