@@ -466,6 +466,23 @@ def test_floats_are_finite_and_ranges_ordered(tmp_path, monkeypatch, capsys, arg
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
+@pytest.mark.parametrize("parse,good,bad", [
+    ("positive_float", ["1e-3", "2"], ["0", "-1", "nan", "inf", "x"]),
+    ("nonnegative_float", ["0", "2"], ["-0.1", "nan", "inf", "-inf"]),
+    ("unit_interval", ["0", "0.5", "1"], ["1.01", "-0.1", "nan", "x"]),
+])
+def test_float_argument_types_accept_their_range_only(parse, good, bad):
+    import argparse
+
+    from lopt_trace import cli
+
+    fn = getattr(cli, parse)
+    assert [fn(t) for t in good] == [float(t) for t in good]
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
+            fn(text)
+
+
 def _no_raise():
     return contextlib.nullcontext()
 

@@ -159,36 +159,28 @@ positive_int = bounded_int(1, what="a positive integer")
 nonnegative_int = bounded_int(0, what="a non-negative integer")
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def bounded_float(accept, what: str):
+    """An argparse type for a float that ``accept(value)`` allows (NaN never is); ``what`` names
+    the expected values in the error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def nonnegative_float(text: str) -> float:
-    """argparse type for a finite number >= 0 (a penalty)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """argparse type for a number in [0, 1] (a decay)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+#: argparse type for a finite number > 0 (a learning rate, a scale)
+positive_float = bounded_float(lambda v: 0.0 < v < float("inf"), "a positive number")
+#: argparse type for a finite number >= 0 (a penalty)
+nonnegative_float = bounded_float(lambda v: 0.0 <= v < float("inf"), "a finite number >= 0")
+#: argparse type for a number in [0, 1] (a decay)
+unit_interval = bounded_float(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def output_path(text: str) -> str:
