@@ -138,34 +138,13 @@ def print_resume_command(command: str) -> None:
         print("continue with the same command and --resume")
 
 
-def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
-    """An argparse type for an integer in [low, high] (no upper bound when ``high`` is None)."""
+def number_type(convert, accept, what: str):
+    """An argparse type: ``convert(text)`` (``int`` or ``float``) that ``accept(value)`` allows
+    (NaN never is); ``what`` names the expected values in the error."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-#: argparse type for a positive integer
-positive_int = bounded_int(1, what="a positive integer")
-#: argparse type for a non-negative integer
-nonnegative_int = bounded_int(0, what="a non-negative integer")
-
-
-def bounded_float(accept, what: str):
-    """An argparse type for a float that ``accept(value)`` allows (NaN never is); ``what`` names
-    the expected values in the error."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value != value or not accept(value):
@@ -175,12 +154,23 @@ def bounded_float(accept, what: str):
     return parse
 
 
+def bounded_int(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type for an integer in [low, high] (no upper bound when ``high`` is None)."""
+    return number_type(int, lambda v: v >= low and (high is None or v <= high), what)
+
+
+#: argparse type for a positive integer
+positive_int = bounded_int(1, what="a positive integer")
+#: argparse type for a non-negative integer
+nonnegative_int = bounded_int(0, what="a non-negative integer")
+
+
 #: argparse type for a finite number > 0 (a learning rate, a scale)
-positive_float = bounded_float(lambda v: 0.0 < v < float("inf"), "a positive number")
+positive_float = number_type(float, lambda v: 0.0 < v < float("inf"), "a positive number")
 #: argparse type for a finite number >= 0 (a penalty)
-nonnegative_float = bounded_float(lambda v: 0.0 <= v < float("inf"), "a finite number >= 0")
+nonnegative_float = number_type(float, lambda v: 0.0 <= v < float("inf"), "a finite number >= 0")
 #: argparse type for a number in [0, 1] (a decay)
-unit_interval = bounded_float(lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+unit_interval = number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def output_path(text: str) -> str:
