@@ -11,6 +11,8 @@ their mean and standard error of the mean (sem = sample std / √n) over runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -27,6 +29,8 @@ from lopt_trace.defaults import ALL_OPTIMIZERS, COMPARE_OPTIMIZERS
 from lopt_trace.errors import UserError
 from lopt_trace.optimizers import ComponentwiseOptimizer, sources
 from lopt_trace.optimizers.optax_wrap import is_optax_spec
+from lopt_trace.store.template import to_json_types
+from lopt_trace.store.zarr_io import exists, open_tree
 from lopt_trace.tasks.base import Task
 from lopt_trace.tune import read_tune_store, sample_problems
 from lopt_trace.unroll import loss_curve
@@ -125,18 +129,25 @@ def loss_curves(task: Task, entries: list[Entry], seeds, steps: int | None = Non
                 curves[i, lo:hi] = np.asarray(jax.block_until_ready(fn(theta, chunk)))
                 bar.update(hi - lo)
             seconds[i] = time.perf_counter() - start
+    return _curves_dataset(task, entries, curves, seconds, seeds)
+
+
+def _curves_dataset(task: Task, entries: list[Entry], loss: np.ndarray, seconds: np.ndarray, seeds,
+                    reused: np.ndarray | None = None) -> xr.Dataset:
+    coords = {"optimizer": ("optimizer", np.array([e.label for e in entries], dtype=object)),
+              "source": ("optimizer", np.array([e.source for e in entries], dtype=object),
+                         {"long_name": "where θ came from"}),
+              "run": ("run", np.asarray(seeds, np.int64), {"long_name": "problem seed (held-out range)", "units": "1"}),
+              "loss_step": ("loss_step", np.arange(loss.shape[-1], dtype=np.int64),
+                            {"long_name": "inner step k", "units": "1"})}
+    if reused is not None:
+        coords["reused"] = ("optimizer", np.asarray(reused, bool),
+                            {"long_name": "curves read from a saved comparison (--reuse), not re-run"})
     return xr.Dataset(
-        {"loss": (("optimizer", "run", "loss_step"), curves,
+        {"loss": (("optimizer", "run", "loss_step"), loss,
                   {"long_name": "training loss f(x_k) on step k's batch", "units": "1"}),
          "seconds": ("optimizer", seconds, {"long_name": "wall time of the runs", "units": "s"})},
-        coords={"optimizer": ("optimizer", np.array([e.label for e in entries], dtype=object)),
-                "source": ("optimizer", np.array([e.source for e in entries], dtype=object),
-                           {"long_name": "where θ came from"}),
-                "run": ("run", seeds, {"long_name": "problem seed (held-out range)", "units": "1"}),
-                "loss_step": ("loss_step", np.arange(steps + 1, dtype=np.int64),
-                              {"long_name": "inner step k", "units": "1"})},
-        attrs={"task": task.name, "task_config": task.config(), "steps": steps},
-    )
+        coords=coords, attrs={"task": task.name, "task_config": task.config(), "steps": loss.shape[-1] - 1})
 
 
 def per_run(loss: xr.DataArray) -> xr.Dataset:
@@ -405,9 +416,97 @@ def save_figure(fig, path: str | os.PathLike, title: str = "lopt-trace compare",
     return written, note
 
 
+def theta_digest(theta) -> str:
+    """SHA-256 of θ: every leaf's path, dtype, shape and bytes (equal digests: the same θ)."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _same(a, b) -> bool:
+    return json.dumps(to_json_types(a), sort_keys=True) == json.dumps(to_json_types(b), sort_keys=True)
+
+
+def open_saved(path) -> xr.DataTree:
+    """A store written by ``lopt-trace compare --save``, with its curves in memory (so that the
+    same path can be overwritten by the new comparison)."""
+    if not exists(str(path)):
+        raise UserError(f"no saved comparison at {path}; write one with `lopt-trace compare --save {path}`")
+    try:
+        tree = open_tree(path)
+    except Exception as exc:  # noqa: BLE001  (any unreadable store: say which, in one line)
+        raise UserError(f"{path} is not a readable Zarr store ({type(exc).__name__}: {exc})") from None
+    if "curves" not in tree.children:
+        raise UserError(f"{path} is not a `lopt-trace compare --save` store (no /curves group)")
+    return tree.load()
+
+
+def reusable_curves(saved: xr.DataTree, task: Task, entries: list[Entry], seeds,
+                    steps: int | None = None) -> tuple[dict[str, xr.Dataset], list[str]]:
+    """The curves of ``entries`` that a store written by ``lopt-trace compare --save`` already holds.
+
+    A saved optimizer is reused only when the run would be the same computation: the same task
+    configuration and number of steps, every one of ``seeds`` among its runs, and the same label,
+    optimizer configuration and θ (:func:`theta_digest`). Returns ``{label: Dataset}`` (``loss
+    (run, loss_step)`` on ``seeds`` and ``seconds``, the original wall time), loaded into memory,
+    and one note per saved optimizer that was requested but could not be reused, saying why.
+    """
+    steps = int(steps or task.default_steps)
+    seeds = np.asarray(seeds, np.int64)
+    attrs = saved.attrs
+    if "curves" not in saved.children or "optimizer_configs" not in attrs:
+        raise UserError("the --reuse store is not a `lopt-trace compare --save` store (no /curves "
+                        "group or no optimizer_configs attribute)")
+    curves = saved["curves"].to_dataset()
+    wanted = [e for e in entries if e.label in set(curves["optimizer"].values.tolist())]
+    digests = attrs.get("theta_sha256")
+    if not wanted:
+        return {}, []
+    problem = None
+    if attrs.get("task") != task.name or not _same(attrs.get("task_config"), task.config()):
+        problem = f"it was run on another task configuration ({attrs.get('task')})"
+    elif curves.sizes["loss_step"] != steps + 1:
+        problem = f"it has {curves.sizes['loss_step'] - 1} steps, not {steps}"
+    elif missing := sorted(set(seeds.tolist()) - set(curves["run"].values.tolist())):
+        problem = f"it lacks {len(missing)} of the {len(seeds)} held-out seeds (first: {missing[0]})"
+    elif not isinstance(digests, dict):
+        problem = "it records no θ digests (saved by an older lopt-trace)"
+    if problem:
+        return {}, [f"not reusing {', '.join(e.label for e in wanted)} from the --reuse store: {problem}"]
+    found, notes = {}, []
+    for entry in wanted:
+        if not _same(attrs["optimizer_configs"].get(entry.label), entry.optimizer.config()):
+            notes.append(f"not reusing {entry.label} from the --reuse store: its optimizer configuration differs")
+        elif digests.get(entry.label) != theta_digest(entry.theta):
+            notes.append(f"not reusing {entry.label} from the --reuse store: its θ differs (other "
+                         "hyperparameters or weights)")
+        else:
+            found[entry.label] = curves[["loss", "seconds"]].sel(optimizer=entry.label, run=seeds).load()
+    return found, notes
+
+
 def compare(task: Task, entries: list[Entry], seeds: int = 64, seed_base: int = 0,
-            steps: int | None = None, progress: bool = True) -> tuple[xr.Dataset, xr.Dataset]:
-    """Curves and summary on ``seeds`` held-out problems (``test_seeds(seed_base, seeds)``)."""
+            steps: int | None = None, progress: bool = True,
+            reused: dict[str, xr.Dataset] | None = None) -> tuple[xr.Dataset, xr.Dataset]:
+    """Curves and summary on ``seeds`` held-out problems (``test_seeds(seed_base, seeds)``).
+
+    Entries whose label is in ``reused`` (:func:`reusable_curves`) are not run again: their saved
+    curves take their place, and the ``reused (optimizer)`` coordinate says which.
+    """
     test = seedlib.test_seeds(seed_base, seeds)
-    curves = loss_curves(task, entries, test, steps, progress=progress)
+    reused = reused or {}
+    todo = [e for e in entries if e.label not in reused]
+    fresh = loss_curves(task, todo, test, steps, progress=progress) if todo else None
+    steps = int(steps or task.default_steps)
+    loss = np.empty((len(entries), len(test), steps + 1), np.float64)
+    seconds = np.zeros(len(entries))
+    for i, entry in enumerate(entries):
+        part = reused.get(entry.label)
+        if part is None:
+            part = fresh.sel(optimizer=entry.label)
+        loss[i], seconds[i] = part["loss"].values, float(part["seconds"])
+    curves = _curves_dataset(task, entries, loss, seconds, test, [e.label in reused for e in entries])
     return curves, summarize(curves["loss"])

@@ -254,3 +254,59 @@ def test_cli_compare_shows_tuning_curves_and_plateau_verdicts(tmp_path, capsys):
     assert rows["sgd"].endswith(" not plateaued") and rows["momentum"].endswith(" no curve")
     html = plot.read_text()
     assert "tuning curves" in html and "sgd (not plateaued)" in html
+
+
+def test_cli_reuse_skips_the_same_runs_and_reruns_what_changed(tmp_path, tuned_file, learned_file, capsys):
+    """--reuse takes saved curves only where the computation is the same (θ digest, steps, seeds)."""
+    store = tmp_path / "c.zarr"
+    base = ["compare", "--task", "linear_regression", "--steps", str(STEPS), "--learned", str(learned_file),
+            "--no-plot", "--no-progress"]
+    assert main(base + ["--seeds", "4", "--optimizer", "learned", "sgd", "--tuned", str(tuned_file),
+                        "--save", str(store)]) == 0
+    first = xr.open_datatree(store, engine="zarr")["curves"].to_dataset().load()
+    capsys.readouterr()
+
+    # momentum is new, sgd's learning rate changed: both run; learned is reused, on fewer seeds
+    changed = json.loads(json.dumps(TUNED))
+    changed["optimizers"]["sgd"]["theta"]["learning_rate"] = 0.25
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    argv = base + ["--seeds", "3", "--optimizer", "learned", "sgd", "momentum",
+                   "--tuned", str(tmp_path / "changed.json"), "--reuse", str(store), "--save", str(store),
+                   "--overwrite"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "reused the curves of learned from" in out
+    assert "not reusing sgd from the --reuse store: its θ differs" in out
+    second = xr.open_datatree(store, engine="zarr")["curves"].to_dataset().load()
+    assert list(second["optimizer"].values) == ["learned", "sgd", "momentum"]
+    assert second["reused"].values.tolist() == [True, False, False]
+    np.testing.assert_array_equal(second["loss"].sel(optimizer="learned").values,
+                                  first["loss"].sel(optimizer="learned").isel(run=slice(0, 3)).values)
+    assert not np.allclose(second["loss"].sel(optimizer="sgd").values,
+                           first["loss"].sel(optimizer="sgd").isel(run=slice(0, 3)).values)
+    # the reused curves are what a fresh run gives
+    task = get_task("linear_regression", steps=STEPS)
+    entries, _ = resolve("linear_regression", ["learned"], learned=str(learned_file))
+    fresh = loss_curves(task, entries, second["run"].values, progress=False)
+    np.testing.assert_allclose(second["loss"].sel(optimizer="learned").values, fresh["loss"].values[0], rtol=1e-6)
+
+    # more seeds than were saved, or other steps: nothing is reused, and the note says why
+    assert main(base + ["--seeds", "5", "--optimizer", "learned", "--reuse", str(store)]) == 0
+    assert "it lacks 2 of the 5 held-out seeds" in capsys.readouterr().out
+    assert main(base[:4] + ["10"] + base[5:] + ["--seeds", "3", "--optimizer", "learned", "--reuse", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "not reusing learned" in out and "reused the curves" not in out
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: None, "no saved comparison at"),
+    (lambda p: xr.Dataset({"x": ("a", [1.0])}).to_zarr(p, consolidated=False), "not a `lopt-trace compare --save` store"),
+])
+def test_cli_reuse_refuses_what_is_not_a_saved_comparison(tmp_path, tuned_file, make, needle, capsys):
+    store = tmp_path / "other.zarr"
+    make(store)
+    code = main(["compare", "--task", "linear_regression", "--optimizer", "sgd", "--tuned", str(tuned_file),
+                 "--seeds", "2", "--steps", str(STEPS), "--no-plot", "--no-progress", "--reuse", str(store)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1

@@ -55,6 +55,10 @@ def add_parser(sub, name):
                         "(default: the store each tuned entry was bundled from, where it exists)")
     p.add_argument("--save", default=None, metavar="ZARR", type=output_path,
                    help="also write the curves and the table to this Zarr store")
+    p.add_argument("--reuse", default=None, metavar="ZARR", type=output_path,
+                   help="a --save store of an earlier comparison: optimizers it holds with the same "
+                        "task, steps, seeds, configuration and θ are not run again (it may also be "
+                        "the --save store, with --overwrite, to extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plot or --save store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -69,9 +73,12 @@ def run(args) -> int:
         figure,
         format_table,
         margins,
+        open_saved,
         paired_margins,
         resolve,
+        reusable_curves,
         save_figure,
+        theta_digest,
         tune_stores,
         tuning_figure,
         tuning_status,
@@ -107,7 +114,19 @@ def run(args) -> int:
                              untuned=args.untuned, strict=strict)
     for note in notes:
         print(f"note: {note}")
-    curves, summary = compare(task, entries, args.seeds, args.seed_base, progress=not args.no_progress)
+    reused = {}
+    if args.reuse:
+        from lopt_trace.seeds import test_seeds
+
+        reused, reuse_notes = reusable_curves(open_saved(args.reuse), task, entries,
+                                              test_seeds(args.seed_base, args.seeds))
+        for note in reuse_notes:
+            print(f"note: {note}")
+        if reused:
+            print(f"note: reused the curves of {', '.join(reused)} from {args.reuse} (same task, steps, "
+                  "seeds, configuration and θ); not run again")
+    curves, summary = compare(task, entries, args.seeds, args.seed_base, progress=not args.no_progress,
+                              reused=reused)
     print(f"{args.task}: {task.default_steps} steps, held-out seeds {int(curves.run[0])}..{int(curves.run[-1])}")
     tuning = tuning_status(args.task, entries, args.tuned)
     print(format_table(summary, tuning=tuning))
@@ -138,6 +157,7 @@ def run(args) -> int:
                  "seeds": [int(s) for s in curves.run.values],
                  "optimizers": [e.label for e in entries],
                  "optimizer_configs": {e.label: e.optimizer.config() for e in entries},
+                 "theta_sha256": {e.label: theta_digest(e.theta) for e in entries},
                  "tuning": tuning}
         tree = xr.DataTree.from_dict({"/": xr.Dataset(attrs=attrs), "/curves": curves,
                                       "/summary": summary})
