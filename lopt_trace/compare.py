@@ -320,6 +320,24 @@ def paired_margins(loss: xr.DataArray, reference: str = "learned", dim: str = "o
     return out
 
 
+def margin_lines(summary: xr.Dataset, loss: xr.DataArray, dim: str = "optimizer") -> list[str]:
+    """The verdict lines of ``compare``: for each learned optimizer in the table (``learned``,
+    ``learned-warm``), its margins over every baseline (the other learned ones are not
+    baselines), combined and paired, and whether it beats all of them by more than 2."""
+    labels = [str(v) for v in summary[dim].values]
+    learned = [label for label in labels if label in bundled.LEARNED]
+    lines = []
+    for ref in learned:
+        for kind, gaps in (("combined sem of the two means", margins(summary, ref, dim)),
+                           ("sem of the per-problem differences (paired)", paired_margins(loss, ref, dim))):
+            gaps = {k: v for k, v in gaps.items() if k not in learned}
+            if gaps:
+                text = ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items())
+                verdict = "beats" if all(v > 2 for v in gaps.values()) else "does NOT beat"
+                lines.append(f"(baseline − {ref}) / {kind}: {text} -> {ref} {verdict} every baseline by > 2")
+    return lines
+
+
 COLOURS = {"learned": "#d62728", "learned-warm": "#9467bd", "sgd": "#7f7f7f", "momentum": "#1f77b4", "rmsprop": "#2ca02c",
            "adam": "#ff7f0e"}
 _EXTRA = ("#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -361,15 +379,19 @@ def tuning_figure(curves: dict[str, xr.Dataset], title: str | None = None):
     """Tuning curves: for each baseline the median best-so-far mean objective against the number
     of candidates, with the 5–95 % band over random candidate orders, log x and log y (a
     HoloViews overlay, bokeh). ``curves`` maps labels to :func:`lopt_trace.tune.tuning_curve`
-    results; a curve without a plateau is labelled so in the legend."""
+    results; a curve without a plateau is labelled so in the legend. The y range ends at 1.5× the
+    highest median, so that the plateau, not the upper band of the first few candidates (which can
+    reach 10¹⁰ where a first candidate all but diverged), sets the scale."""
     import holoviews as hv
     import holoviews.plotting.bokeh
 
-    layers = []
+    layers, lows, medians = [], [], []
     for i, (label, c) in enumerate(curves.items()):
         colour = COLOURS.get(label, _EXTRA[i % len(_EXTRA)])
         n = c["candidates"].values
         clean = {k: np.where(np.isfinite(c[k].values), c[k].values, np.nan) for k in ("low", "median", "high")}
+        lows.append(np.nanmin(clean["low"], initial=np.inf))
+        medians.append(np.nanmax(clean["median"], initial=-np.inf))
         name = label if c.attrs["plateaued"] else f"{label} (not plateaued)"
         layers.append(hv.Area((n, clean["low"], clean["high"]), kdims=["candidates"],
                               vdims=["best", "best_hi"], label=name)
@@ -379,7 +401,14 @@ def tuning_figure(curves: dict[str, xr.Dataset], title: str | None = None):
     first = next(iter(curves.values()))
     title = title or (f"{first.attrs.get('task', '')}: tuning curves (median, 5–95 % over "
                       f"{first.attrs['permutations']} candidate orders)")
-    return hv.Overlay(layers).opts(logx=True, logy=True, title=title, xlabel="candidates evaluated",
+    low, top = min(lows), max(medians)
+    scale = {}
+    if np.isfinite(low) and np.isfinite(top) and 0 < low < top:
+        scale["ylim"] = (0.9 * low, 1.5 * top)
+        decades = range(int(np.floor(np.log10(scale["ylim"][0]))), int(np.ceil(np.log10(scale["ylim"][1]))) + 1)
+        ticks = [m * 10.0**k for k in decades for m in (1, 2, 5)]  # labelled ticks within a decade or two
+        scale["yticks"] = [(t, f"{t:g}") for t in ticks if scale["ylim"][0] <= t <= scale["ylim"][1]]
+    return hv.Overlay(layers).opts(logx=True, logy=True, **scale, title=title, xlabel="candidates evaluated",
                                    ylabel="best mean objective so far", toolbar=None,
                                    legend_position="top_right", width=720, height=440)
 

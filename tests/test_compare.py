@@ -18,6 +18,7 @@ from lopt_trace.compare import (
     figure,
     format_table,
     loss_curves,
+    margin_lines,
     margins,
     paired_margins,
     resolve,
@@ -119,6 +120,22 @@ def test_paired_margins():
     d = (other[:, 1:].mean(-1) - ref[:, 1:].mean(-1))
     assert paired_margins(loss)["adam"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(8)))
     assert paired_margins(loss, reference="sgd") == {}
+
+
+def test_margin_lines_judge_each_learned_optimizer_against_the_baselines_only():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1.0, 2.0, 16)
+    scale = {"learned": 0.5, "learned-warm": 0.3, "adam": 0.4}  # learned loses to adam, warm beats it
+    loss = xr.DataArray(np.stack([np.stack([np.ones(16), base * k, base * k], -1) for k in scale.values()]),
+                        dims=("optimizer", "run", "loss_step"), coords={"optimizer": list(scale)})
+    lines = margin_lines(summarize(loss), loss)
+    assert len(lines) == 4  # combined and paired, for each learned optimizer
+    learned, warm = lines[:2], lines[2:]
+    assert all(l.startswith("(baseline − learned) /") and "learned-warm" not in l for l in learned)
+    assert all("adam -" in l and l.endswith("learned does NOT beat every baseline by > 2") for l in learned)
+    assert all(l.startswith("(baseline − learned-warm) /") and " learned " not in l for l in warm)
+    assert all("adam +" in l and l.endswith("learned-warm beats every baseline by > 2") for l in warm)
+    assert margin_lines(summarize(loss.sel(optimizer=["adam"])), loss.sel(optimizer=["adam"])) == []
 
 
 def test_resolve_skips_or_fails(tmp_path, tuned_file, learned_file):
@@ -310,3 +327,23 @@ def test_cli_reuse_refuses_what_is_not_a_saved_comparison(tmp_path, tuned_file, 
     assert code == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
+
+
+def test_tuning_figure_scale_shows_the_plateau_not_the_first_candidates():
+    """Near-diverged first candidates put the upper band at 10¹⁰; the y range still ends at 1.5× the
+    highest median, with labelled 1-2-5 ticks inside it."""
+    import holoviews as hv
+
+    from lopt_trace.compare import tuning_figure
+    from lopt_trace.tune import tuning_curve
+
+    objective = np.r_[np.full(8, 1e10), np.linspace(0.9, 0.1, 56)]  # 1 in 8 random first candidates: 1e10
+    curve = tuning_curve(xr.Dataset({"mean_objective": ("sample", objective)}), permutations=50)
+    curve.attrs["task"] = "toy"
+    assert np.nanmax(curve["high"].values) >= 1e10
+    opts = hv.Store.lookup_options("bokeh", tuning_figure({"sgd": curve}), "plot").kwargs
+    low, high = opts["ylim"]
+    assert high == pytest.approx(1.5 * np.nanmax(curve["median"].values[np.isfinite(curve["median"].values)]))
+    assert high < 1e3 and low == pytest.approx(0.9 * 0.1)
+    ticks = [t for t, _ in opts["yticks"]]
+    assert ticks and all(low <= t <= high for t in ticks) and 0.1 in ticks

@@ -72,9 +72,8 @@ def run(args) -> int:
         compare,
         figure,
         format_table,
-        margins,
+        margin_lines,
         open_saved,
-        paired_margins,
         resolve,
         reusable_curves,
         save_figure,
@@ -130,14 +129,8 @@ def run(args) -> int:
     print(f"{args.task}: {task.default_steps} steps, held-out seeds {int(curves.run[0])}..{int(curves.run[-1])}")
     tuning = tuning_status(args.task, entries, args.tuned)
     print(format_table(summary, tuning=tuning))
-    if "learned" in [e.label for e in entries]:
-        for kind, gaps in (("combined sem of the two means", margins(summary)),
-                           ("sem of the per-problem differences (paired)", paired_margins(curves["loss"]))):
-            gaps = {k: v for k, v in gaps.items() if k != "learned-warm"}  # not a baseline
-            if gaps:
-                text = ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items())
-                verdict = "beats" if all(v > 2 for v in gaps.values()) else "does NOT beat"
-                print(f"(baseline − learned) / {kind}: {text} -> learned {verdict} every baseline by > 2")
+    for line in margin_lines(summary, curves["loss"]):
+        print(line)
     if plot is not None:
         fig = figure(curves)
         searches, tune_notes = tune_stores(args.task, entries, args.tuned, args.tune_store)
