@@ -404,10 +404,10 @@ def tuning_figure(curves: dict[str, xr.Dataset], title: str | None = None):
     low, top = min(lows), max(medians)
     scale = {}
     if np.isfinite(low) and np.isfinite(top) and 0 < low < top:
-        scale["ylim"] = (0.9 * low, 1.5 * top)
-        decades = range(int(np.floor(np.log10(scale["ylim"][0]))), int(np.ceil(np.log10(scale["ylim"][1]))) + 1)
+        bottom, ceiling = 0.9 * low, 1.5 * top
+        decades = range(int(np.floor(np.log10(bottom))), int(np.ceil(np.log10(ceiling))) + 1)
         ticks = [m * 10.0**k for k in decades for m in (1, 2, 5)]  # labelled ticks within a decade or two
-        scale["yticks"] = [(t, f"{t:g}") for t in ticks if scale["ylim"][0] <= t <= scale["ylim"][1]]
+        scale = {"ylim": (bottom, ceiling), "yticks": [(t, f"{t:g}") for t in ticks if bottom <= t <= ceiling]}
     return hv.Overlay(layers).opts(logx=True, logy=True, **scale, title=title, xlabel="candidates evaluated",
                                    ylabel="best mean objective so far", toolbar=None,
                                    legend_position="top_right", width=720, height=440)
